@@ -1,0 +1,138 @@
+"""Value types that move between the pipeline stages.
+
+Every stage takes and returns these plain dataclasses (Kedro-style explicit wiring):
+the dataset layer returns a `DatasetSpec`, the gate a `ValidationReport`, training a
+`ModelResult`. The flow is the only writer: it hands them to `tasks.store`.
+
+Example:
+    >>> report = ValidationReport(dataset="demo", rules=[RuleResult(
+    ...     tool="pandera", category="demo_grid", rule="file_opens_as_image",
+    ...     passed=False, failing_count=1, examples=["a.png"], message="...")])
+    >>> report.passed
+    False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+DatasetKind = Literal["demo", "mvtec", "folder"]
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be used as given (missing path, unknown category, bad layout).
+
+    The message names the path and says what to do; the CLI prints it without a traceback.
+    """
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset lives and what kind it is. Layout is MVTec AD's:
+    <root>/<category>/train/good, <root>/<category>/test/<good|defect>/,
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png."""
+
+    kind: DatasetKind
+    root: Path
+    categories: tuple[str, ...]
+    masks_expected: bool = True
+
+    def category_dir(self, category: str) -> Path:
+        return self.root / category
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One rule of one tool on one category (category "*" for dataset-wide rules)."""
+
+    tool: Literal["pandera", "great_expectations", "layout"]
+    category: str
+    rule: str  # stable name, e.g. "mask_matches_image_size"
+    passed: bool
+    failing_count: int
+    examples: list[str]  # file paths or values that broke the rule (a few)
+    message: str  # human-readable: what was expected
+
+
+@dataclass
+class ValidationReport:
+    dataset: str
+    rules: list[RuleResult] = field(default_factory=list)
+    dataset_hash: str = ""  # sha256 over the manifest's (path, sha256) pairs
+    notes: list[str] = field(default_factory=list)  # e.g. "MVTec grid is a subset: 39 of 342"
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.rules)
+
+    @property
+    def failures(self) -> list[RuleResult]:
+        return [r for r in self.rules if not r.passed]
+
+    def summary(self) -> str:
+        """Readable text: one line per failed rule with the files that broke it."""
+        if self.passed:
+            return f"dataset {self.dataset}: all {len(self.rules)} rules passed"
+        lines = [f"dataset {self.dataset}: {len(self.failures)} of {len(self.rules)} rules failed"]
+        for r in self.failures:
+            shown = ", ".join(r.examples[:5])
+            lines.append(
+                f"- [{r.tool}] {r.rule} ({r.category}): {r.message}; "
+                f"{r.failing_count} failing: {shown}"
+            )
+        return "\n".join(lines)
+
+
+@dataclass
+class TrainingAttempt:
+    """One try at training one (model, category); every attempt is kept."""
+
+    attempt: int
+    seed: int
+    learning_rate: float | None
+    steps: int  # optimizer steps actually run
+    end_reason: str  # "completed", "loss_spike", "non_finite_loss", "implausible_validation"
+    chosen: bool = False
+    spike_step: int | None = None
+    spike_loss_name: str | None = None
+    spike_value: float | None = None
+    spike_magnitude: float | None = None  # robust z-score or ratio to the rolling median
+    retry_reason: str | None = None  # why the next attempt was started
+    validation_metric: float | None = None  # metric used to select the final model
+    losses: list[tuple[int, str, float]] = field(default_factory=list)  # (step, name, value)
+
+
+@dataclass
+class LatencyResult:
+    p50_ms: float
+    p95_ms: float
+    throughput_ips: float  # images per second at `batch_size`
+    batch_size: int
+    device: str
+    threads: int
+    peak_memory_mb: float
+    precision: str  # "fp32", "bf16", ...
+    path: str  # what was timed: "torch", "openvino", "anomalib_test"...
+
+
+@dataclass
+class ModelResult:
+    """Everything one (model, category) produced. `metrics` values are None when a
+    metric is not available (e.g. pixel metrics without masks), never zero."""
+
+    model: str
+    category: str
+    profile: str
+    settings: dict  # the profile's settings for this model, as recorded
+    weights: dict  # provenance: {"backbone": ..., "source": "pretrained"|"fallback", ...}
+    device: str
+    metrics: dict[str, float | None]  # image_auroc, pixel_auroc, image_f1, aupro, ...
+    attempts: list[TrainingAttempt] = field(default_factory=list)
+    roc_points: list[tuple[str, float, float]] = field(default_factory=list)  # level, fpr, tpr
+    scores: list[dict] = field(default_factory=list)  # path, label, defect_type, score
+    latency: list[LatencyResult] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path
+    train_seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
