@@ -1,0 +1,127 @@
+"""Typed training profiles: every setting in one validated place, recorded with each result.
+
+Two profiles ship:
+- `quick`: CPU-sized, minutes for the demo and the tests;
+- `paper`: anomalib's and the papers' settings (PatchCore: Roth et al. 2022,
+  wide_resnet50_2 layer2+layer3, 10% coreset, resize 256 then crop 224; EfficientAD:
+  Batzner et al. 2024, 70,000 steps at batch size 1), meant for a GPU.
+
+Example:
+    >>> profile = load_profile("quick", {"efficientad": {"max_steps": 20}})
+    >>> profile.efficientad.max_steps
+    20
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpikeSettings(_Settings):
+    """How the loss watcher decides a step is a spike (see tasks.loss_spikes)."""
+
+    window: int = Field(25, ge=5, description="rolling window of recent steps")
+    warmup_steps: int = Field(10, ge=1, description="steps before spikes are judged")
+    robust_z: float = Field(8.0, gt=0, description="robust z-score of log-loss that counts")
+    ratio: float = Field(10.0, gt=1, description="loss over this many times the rolling median")
+
+
+class PatchCoreSettings(_Settings):
+    backbone: str = Field(
+        "auto",
+        description="timm name; 'auto' = wide_resnet50_2 when its weights are available, "
+        "else the offline EfficientNet-Lite0",
+    )
+    layers: tuple[str, ...] | None = Field(None, description="None = the backbone's default")
+    coreset_sampling_ratio: float = Field(0.1, gt=0, le=1)
+    coreset_method: Literal["fast", "anomalib"] = "fast"
+    num_neighbors: int = Field(9, ge=1)
+    image_size: int = Field(256, ge=32)
+    crop_size: int | None = Field(None, ge=32)
+    train_batch_size: int = Field(8, ge=1)
+
+
+class EfficientAdSettings(_Settings):
+    model_size: Literal["small", "medium"] = "small"
+    max_steps: int = Field(70_000, ge=1)
+    train_batch_size: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    image_size: int = Field(256, ge=64)
+    teacher_weights: str | None = Field(
+        None, description="local copy of anomalib's pretrained teacher (.pth); None = look "
+        "in the cache, else the documented offline fallback"
+    )
+    imagenet_dir: str | None = Field(
+        None, description="local imagenette copy for the penalty loss; None = fallback photos"
+    )
+    teacher_distill_steps: int = Field(300, ge=1, description="offline fallback teacher only")
+
+
+class Profile(_Settings):
+    name: str
+    seed: int = 42
+    max_attempts: int = Field(3, ge=1, le=10)
+    retry_lr_factor: float = Field(0.5, gt=0, lt=1, description="each retry multiplies lr")
+    spike: SpikeSettings = SpikeSettings()
+    patchcore: PatchCoreSettings = PatchCoreSettings()
+    efficientad: EfficientAdSettings = EfficientAdSettings()
+    eval_batch_size: int = Field(8, ge=1)
+    latency_iters: int = Field(30, ge=3)
+    latency_batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+PROFILES: dict[str, dict] = {
+    "quick": {
+        "name": "quick",
+        "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
+        "efficientad": {"max_steps": 60, "image_size": 256, "teacher_distill_steps": 150},
+        "latency_iters": 20,
+    },
+    "paper": {
+        "name": "paper",
+        "patchcore": {
+            "backbone": "wide_resnet50_2",
+            "layers": ("layer2", "layer3"),
+            "coreset_sampling_ratio": 0.1,
+            "image_size": 256,
+            "crop_size": 224,
+        },
+        "efficientad": {"max_steps": 70_000, "train_batch_size": 1, "image_size": 256},
+        "latency_iters": 200,
+    },
+}
+
+
+class ProfileError(ValueError):
+    """An unknown profile or settings that make no sense; the message names the field."""
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_profile(name: str, overrides: dict | None = None) -> Profile:
+    """Build a profile by name, with nested overrides (e.g. from flow parameters)."""
+    if name not in PROFILES:
+        raise ProfileError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
+    try:
+        return Profile.model_validate(_merge(PROFILES[name], overrides or {}))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+        )
+        raise ProfileError(f"profile {name!r} has invalid settings: {problems}") from None
