@@ -1,0 +1,227 @@
+"""The DuckDB results store: schema, round trip, atomic replacement, run comparison."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import duckdb
+import pytest
+from store_samples import model_result, validation_report
+
+from tasks.results import LatencyResult
+from tasks.store import RESULT_TABLES, ResultStore
+
+T0 = datetime(2025, 3, 1, 12, 0, 0)
+
+
+def start(store: ResultStore, run_id: str, *, dataset="demo", profile="quick", day=0):
+    store.start_run(
+        run_id,
+        flow_run_id=f"flow-{run_id}",
+        dataset=dataset,
+        data_root="data/demo",
+        categories=["demo_grid", "demo_leather"],
+        models=["patchcore", "efficientad"],
+        profile=profile,
+        started_at=T0 + timedelta(days=day),
+        environment={"python": "3.11"},
+    )
+
+
+def count(store: ResultStore, table: str, **where) -> int:
+    clause = " AND ".join(f"{k} = ?" for k in where) or "true"
+    sql = f"SELECT count(*) AS n FROM {table} WHERE {clause}"
+    return int(store.query(sql, list(where.values()))["n"][0])
+
+
+def test_schema_creation_is_idempotent(tmp_path):
+    db = tmp_path / "nested" / "results.duckdb"
+    ResultStore(db)
+    store = ResultStore(db)  # second open must not fail nor duplicate anything
+    start(store, "r1")
+    ResultStore(db)
+    tables = set(store.query("SELECT table_name FROM information_schema.tables")["table_name"])
+    assert {"runs", "validations", *RESULT_TABLES, "metrics_wide"} <= tables
+    assert count(store, "runs") == 1
+
+
+def test_round_trip_of_a_result(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    start(store, "r1")
+    store.write_validations("r1", validation_report())
+    result = model_result("efficientad", "demo_grid", image_auroc=0.93, overlay_dir=tmp_path)
+    store.write_result("r1", result)
+    store.write_artifact("r1", "efficientad", "demo_grid", "checkpoint", tmp_path / "m.ckpt")
+    store.finish_run("r1", "completed")
+
+    run = store.query("SELECT * FROM runs").iloc[0]
+    assert run["status"] == "completed" and run["ended_at"] is not None
+    assert list(run["categories"]) == ["demo_grid", "demo_leather"]
+    assert run["dataset_hash"] == "ab" * 32  # taken from the validation report
+    assert list(run["dataset_notes"]) == ["demo dataset: synthetic textures"]
+
+    wide = store.query("SELECT * FROM metrics_wide WHERE run_id = 'r1'").iloc[0]
+    assert wide["image_auroc"] == pytest.approx(0.93)
+    assert wide["pixel_auroc"] == pytest.approx(0.91)
+    assert wide["aupro"] == pytest.approx(0.8)
+    f1 = store.query("SELECT note FROM metrics WHERE metric = 'image_f1'")["note"][0]
+    assert f1 == "method: adaptive threshold"
+
+    attempts = store.query("SELECT * FROM training_attempts ORDER BY attempt")
+    assert list(attempts["end_reason"]) == ["loss_spike", "completed"]
+    assert list(attempts["chosen"]) == [False, True]
+    assert attempts["spike_step"][0] == 60 and attempts["spike_loss_name"][0] == "st"
+    n_losses = sum(len(a.losses) for a in result.attempts)
+    assert count(store, "losses") == n_losses
+    assert count(store, "roc_points", level="image") == 21
+    assert count(store, "scores", label=1) == 3
+    latency = store.query("SELECT * FROM latency ORDER BY idx")
+    assert list(latency["batch_size"]) == [1, 8] and latency["p50_ms"][0] == 8.25
+    kinds = set(store.query("SELECT kind FROM artifacts")["kind"])
+    assert kinds == {"overlay_best_0", "overlay_worst_0", "checkpoint"}
+    row = store.query("SELECT * FROM results").iloc[0]
+    assert row["weights_source"] == "pretrained" and not row["paper_configuration"]
+    rules = store.query("SELECT * FROM validations ORDER BY rule")
+    assert list(rules["passed"]) == [True, False]
+    assert list(rules["examples"][1])[1] == "<script>alert(1)</script>"
+
+
+def test_non_finite_losses_are_kept(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    start(store, "r1")
+    result = model_result("efficientad", "demo_grid", image_auroc=0.9)
+    result.attempts[0].losses.append((999, "st", float("nan")))
+    store.write_result("r1", result)
+    values = store.query("SELECT value FROM losses WHERE step = 999")["value"]
+    assert len(values) == 1 and math.isnan(values[0])
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM losses WHERE isnan(value)").fetchone()[0] == 1
+
+
+def test_unavailable_metrics_are_null_not_zero(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    start(store, "r1")
+    store.write_result("r1", model_result("patchcore", "demo_leather", image_auroc=0.97))
+    rows = store.query("SELECT * FROM metrics ORDER BY metric").set_index("metric")
+    for metric in ("pixel_auroc", "pixel_f1", "aupro"):
+        assert rows.loc[metric, "available"] == False  # noqa: E712 (numpy bool)
+        assert math.isnan(rows.loc[metric, "value"])  # NULL comes back as NaN in pandas
+        assert rows.loc[metric, "note"].startswith("not available: ")
+        assert "no masks" in rows.loc[metric, "note"]
+    assert rows.loc["image_auroc", "available"] == True  # noqa: E712
+    nulls = store.query("SELECT count(*) AS n FROM metrics WHERE value IS NULL")["n"][0]
+    assert nulls == 3
+    # a metric missing from the dict still gets a row, so the wide view is complete
+    result = model_result("efficientad", "demo_grid", image_auroc=0.9)
+    del result.metrics["aupro"]
+    store.write_result("r1", result)
+    aupro = store.query(
+        "SELECT value, available FROM metrics WHERE model='efficientad' AND metric='aupro'"
+    )
+    assert len(aupro) == 1 and not aupro["available"][0]
+
+
+def test_failed_write_leaves_the_previous_rows_intact(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    start(store, "r1")
+    store.write_result("r1", model_result("efficientad", "demo_grid", image_auroc=0.93))
+    before = {t: count(store, t) for t in RESULT_TABLES}
+
+    broken = model_result("efficientad", "demo_grid", image_auroc=0.5)
+    # latency is inserted after results, attempts, losses, metrics, roc points and scores:
+    # a value DuckDB cannot cast makes the transaction fail half-way through.
+    bad = LatencyResult(**{**vars(broken.latency[0]), "batch_size": "not a number"})
+    broken = replace(broken, latency=[bad])
+    with pytest.raises(duckdb.Error):
+        store.write_result("r1", broken)
+
+    assert {t: count(store, t) for t in RESULT_TABLES} == before
+    auroc = store.query("SELECT image_auroc FROM metrics_wide")["image_auroc"][0]
+    assert auroc == pytest.approx(0.93)
+
+    # a new key that fails leaves nothing of itself behind
+    with pytest.raises(duckdb.Error):
+        store.write_result("r1", replace(broken, category="demo_leather"))
+    for table in RESULT_TABLES:
+        assert count(store, table, category="demo_leather") == 0
+
+
+def test_rerunning_the_same_run_id_does_not_duplicate(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    for _ in range(2):
+        start(store, "r1")
+        store.write_validations("r1", validation_report())
+        store.write_result("r1", model_result("efficientad", "demo_grid", image_auroc=0.93))
+        store.write_artifact("r1", "efficientad", "demo_grid", "checkpoint", "m.ckpt")
+        store.finish_run("r1", "completed")
+    first = {t: count(store, t) for t in ("runs", "validations", *RESULT_TABLES)}
+    start(store, "r1")
+    assert store.query("SELECT status, ended_at FROM runs")["status"][0] == "running"
+    store.write_validations("r1", validation_report())
+    store.write_result("r1", model_result("efficientad", "demo_grid", image_auroc=0.93))
+    store.write_artifact("r1", "efficientad", "demo_grid", "checkpoint", "m.ckpt")
+    assert {t: count(store, t) for t in ("runs", "validations", *RESULT_TABLES)} == first
+    assert first["runs"] == 1 and first["metrics"] == 5
+
+
+def test_finish_run_of_an_unknown_run_fails(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    with pytest.raises(KeyError, match="never started"):
+        store.finish_run("nope", "completed")
+
+
+def _run_with(store, run_id, auroc, *, day, dataset="demo", profile="quick", status="completed"):
+    start(store, run_id, dataset=dataset, profile=profile, day=day)
+    store.write_result(run_id, model_result("efficientad", "demo_grid", image_auroc=auroc))
+    store.finish_run(run_id, status)
+
+
+def test_compare_flags_a_regression_against_the_previous_comparable_run(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    _run_with(store, "old", 0.80, day=0)
+    _run_with(store, "previous", 0.95, day=1)
+    _run_with(store, "failed", 0.10, day=2, status="failed")  # not completed: ignored
+    _run_with(store, "other-dataset", 0.10, day=3, dataset="mvtec")
+    _run_with(store, "other-profile", 0.10, day=3, profile="paper")
+    _run_with(store, "current", 0.90, day=4)
+    _run_with(store, "later", 0.99, day=5)  # after the current run: ignored
+
+    table = store.compare_with_previous("current", tolerance=0.02).set_index("metric")
+    image = table.loc["image_auroc"]
+    assert image["previous_run_id"] == "previous"
+    assert image["previous_value"] == pytest.approx(0.95)
+    assert image["delta"] == pytest.approx(-0.05)
+    assert bool(image["regression"])
+    assert not bool(table.loc["aupro", "regression"])  # unchanged
+    # a looser tolerance accepts the same drop
+    loose = store.compare_with_previous("current", tolerance=0.1).set_index("metric")
+    assert not loose["regression"].any()
+    # a rise is never a regression, and the first run has nothing to compare with
+    assert not store.compare_with_previous("previous")["regression"].any()
+    first = store.compare_with_previous("old")
+    assert first["previous_run_id"].isna().all() and not first["regression"].any()
+
+
+def test_history_lists_runs_of_one_dataset_and_profile(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    for day in range(4):
+        _run_with(store, f"run-{day}", 0.9 + day / 100, day=day)
+    _run_with(store, "mvtec", 0.5, day=9, dataset="mvtec")
+    trend = store.history("demo", "quick", limit=3)
+    assert list(trend["run_id"]) == ["run-1", "run-2", "run-3"]  # last three, oldest first
+    assert list(trend["image_auroc"]) == pytest.approx([0.91, 0.92, 0.93])
+
+
+def test_a_fallback_is_never_stored_as_the_paper_configuration(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    start(store, "r1", profile="paper")
+    claims = {"patchcore": "fallback", "efficientad": "pretrained"}
+    for model, source in claims.items():
+        result = model_result(model, "demo_grid", image_auroc=0.9, profile="paper")
+        result.weights.update(source=source, paper_configuration=True)
+        store.write_result("r1", result)
+    paper = store.query("SELECT model, paper_configuration FROM results").set_index("model")
+    assert not paper.loc["patchcore", "paper_configuration"]
+    assert paper.loc["efficientad", "paper_configuration"]
