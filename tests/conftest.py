@@ -1,0 +1,105 @@
+"""Shared fixtures: tiny MVTec-layout datasets built in tmp paths, the demo dataset, and the
+real MVTec AD subset beside the checkout (skipped with a reason when absent).
+
+Example:
+    def test_something(make_dataset):
+        root = make_dataset(categories=("widget",), defects={"scratch": 2})
+        spec = prepare_dataset("folder", root, None)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+# plain `pytest` does not put the checkout on sys.path (the project is not installed);
+# redundant once pyproject's [tool.pytest.ini_options] sets pythonpath = ["."]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.results import DatasetSpec
+
+SHARED_MVTEC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad_subset"
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Write a uint8 array as PNG, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+    return path
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    return rng.integers(90, 170, (size, size), dtype=np.uint8)
+
+
+def build_mvtec_layout(
+    root: Path,
+    categories: Sequence[str] = ("widget",),
+    n_train: int = 5,
+    n_test_good: int = 2,
+    defects: Mapping[str, int] | None = None,
+    size: int = 64,
+    masks: bool = True,
+    seed: int = 0,
+) -> Path:
+    """A small valid dataset in MVTec AD layout: noise textures, a bright square defect
+    with its 0/255 mask. Every image is unique (seeded noise). Returns `root`."""
+    defects = {"scratch": 2, "hole": 1} if defects is None else defects
+    rng = np.random.default_rng(seed)
+    for category in categories:
+        base = root / category
+        for i in range(n_train):
+            write_png(base / "train" / "good" / f"{i:03d}.png", _texture(rng, size))
+        for i in range(n_test_good):
+            write_png(base / "test" / "good" / f"{i:03d}.png", _texture(rng, size))
+        for kind, count in defects.items():
+            for i in range(count):
+                image, mask = _texture(rng, size), np.zeros((size, size), np.uint8)
+                y, x = rng.integers(0, size // 2, 2)
+                image[y : y + size // 4, x : x + size // 4] = 250
+                mask[y : y + size // 4, x : x + size // 4] = 255
+                write_png(base / "test" / kind / f"{i:03d}.png", image)
+                if masks:
+                    write_png(base / "ground_truth" / kind / f"{i:03d}_mask.png", mask)
+    return root
+
+
+@pytest.fixture
+def make_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `make_dataset(categories=..., n_train=..., defects={"scratch": 2}, ...)`
+    builds a fresh MVTec-layout dataset under tmp_path and returns its root."""
+    counter = iter(range(1000))
+
+    def make(**kwargs) -> Path:
+        n = next(counter)
+        return build_mvtec_layout(tmp_path / f"dataset{n}", seed=n, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_spec(make_dataset) -> DatasetSpec:
+    """A valid one-category ('widget') folder dataset with masks, as a DatasetSpec."""
+    root = make_dataset()
+    return DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=True)
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated demo dataset (all DEMO_CATEGORIES), once per test session."""
+    from tasks.demo_data import ensure_demo_dataset
+
+    return ensure_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
+
+
+@pytest.fixture(scope="session")
+def shared_mvtec() -> Path:
+    """The real MVTec AD subset (grid, leather) beside the checkout, read-only."""
+    if not SHARED_MVTEC.is_dir():
+        pytest.skip(f"real MVTec AD subset absent: expected {SHARED_MVTEC} (../shared)")
+    return SHARED_MVTEC
