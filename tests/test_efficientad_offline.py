@@ -1,0 +1,201 @@
+"""EfficientAD without the network: offline teacher, penalty photos, a real anomalib fit."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+from anomalib.models.image.efficient_ad import lightning_model as anomalib_efficientad
+from PIL import Image
+
+from tasks import efficientad_offline
+from tasks.efficientad_offline import (
+    OfflineAssetError,
+    build_efficientad,
+    efficientad_inference,
+    load_images,
+)
+from tasks.profiles import load_profile
+
+IMAGE_SIZE = 256  # anomalib's EfficientAD autoencoder needs at least 256 px
+CROP = 128  # images on disk; the pre-processor resizes them
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Any download or socket connection fails the test; anomalib's cache is empty."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(anomalib_efficientad, "download_and_extract", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(
+        efficientad_offline, "get_pretrained_weights_dir", lambda: tmp_path / "anomalib_cache"
+    )
+
+
+@pytest.fixture
+def brick_dataset(tmp_path: Path) -> Path:
+    """A tiny MVTec-layout category from scikit-image's brick photo, with painted scratches."""
+    brick = skimage.data.brick()
+    root = tmp_path / "data"
+    category = root / "brick"
+    rng = np.random.default_rng(0)
+
+    def save(image: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+
+    for index in range(14):
+        top, left = rng.integers(0, brick.shape[0] - CROP, size=2)
+        crop = np.repeat(brick[top : top + CROP, left : left + CROP, None], 3, axis=2)
+        if index < 8:
+            save(crop, category / "train" / "good" / f"{index:03d}.png")
+        elif index < 11:
+            save(crop, category / "test" / "good" / f"{index:03d}.png")
+        else:
+            mask = np.zeros(crop.shape[:2], dtype=np.uint8)
+            mask[40:88, 60:66] = 255
+            crop[mask > 0] = 0
+            save(crop, category / "test" / "scratch" / f"{index:03d}.png")
+            save(mask, category / "ground_truth" / "scratch" / f"{index:03d}_mask.png")
+    return root
+
+
+def quick_settings(**overrides):
+    efficientad = {"image_size": IMAGE_SIZE, "max_steps": 3, "teacher_distill_steps": 12}
+    return load_profile("quick", {"efficientad": efficientad | overrides}).efficientad
+
+
+def fit(model, root: Path, tmp_path: Path) -> None:
+    datamodule = MVTecAD(
+        root=root, category="brick", train_batch_size=1, eval_batch_size=4, num_workers=0
+    )
+    engine = Engine(
+        max_steps=3,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "engine",
+    )
+    engine.fit(model, datamodule=datamodule)
+
+
+@pytest.mark.slow
+def test_fallback_teacher_is_distilled_cached_and_trains_offline(
+    brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    model, provenance = build_efficientad(quick_settings(), cache, visualizer=False)
+
+    assert provenance["source"] == "fallback"
+    assert provenance["paper_configuration"] is False
+    assert provenance["teacher"].startswith("fallback: distilled from EfficientNet-Lite0")
+    assert provenance["penalty_data"].startswith("fallback: scikit-image natural photos")
+    (distilled_file,) = cache.glob("teacher_small_lite0_distilled_steps12_seed0_v*.pth")
+    distilled = torch.load(distilled_file, weights_only=True)
+    torch.manual_seed(0)
+    untrained = efficientad_offline._new_pdn("small").state_dict()
+    assert not torch.equal(distilled["conv4.weight"], untrained["conv4.weight"])
+
+    fit(model, brick_dataset, tmp_path)
+
+    teacher = model.model.teacher.state_dict()
+    assert all(torch.equal(teacher[name], distilled[name]) for name in distilled)
+    assert Path(model.imagenet_loader.dataset.root) == cache / "penalty_photos"
+    images = load_images(sorted((brick_dataset / "brick" / "test").rglob("*.png")), IMAGE_SIZE)
+    scores = efficientad_inference(model, "fp32")(images).pred_score
+    assert scores.shape == (len(images),) and torch.isfinite(scores).all()
+
+    # a second build reuses the cached teacher instead of distilling again
+    monkeypatch.setattr(efficientad_offline, "distill_teacher", pytest.fail)
+    _, again = build_efficientad(quick_settings(), cache)
+    assert again["teacher"] == provenance["teacher"]
+
+
+def test_distillation_lowers_the_loss() -> None:
+    _, stats = efficientad_offline.distill_teacher("small", steps=12, seed=0)
+    assert stats["last_loss"] < stats["first_loss"]
+
+
+@pytest.mark.slow
+def test_configured_local_teacher_is_used(
+    brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(123)
+    local = efficientad_offline._new_pdn("small").state_dict()
+    teacher_file = tmp_path / "pretrained_teacher_small.pth"
+    torch.save(local, teacher_file)
+    monkeypatch.setattr(efficientad_offline, "distill_teacher", pytest.fail)
+
+    model, provenance = build_efficientad(
+        quick_settings(teacher_weights=str(teacher_file)), tmp_path / "cache", visualizer=False
+    )
+    fit(model, brick_dataset, tmp_path)
+
+    assert provenance["source"] == "pretrained"
+    assert provenance["teacher"] == f"anomalib pretrained (local copy {teacher_file})"
+    teacher = model.model.teacher.state_dict()
+    assert all(torch.equal(teacher[name], local[name]) for name in local)
+
+
+def test_teacher_in_cache_dir_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.save(
+        efficientad_offline._new_pdn("small").state_dict(),
+        tmp_path / "pretrained_teacher_small.pth",
+    )
+    monkeypatch.setattr(efficientad_offline, "distill_teacher", pytest.fail)
+    _, provenance = build_efficientad(quick_settings(), tmp_path, allow_fallback=False)
+    assert provenance["source"] == "pretrained"
+
+
+def test_missing_teacher_without_fallback_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(OfflineAssetError, match="pretrained_teacher_small.pth"):
+        build_efficientad(quick_settings(), tmp_path, allow_fallback=False)
+    with pytest.raises(OfflineAssetError, match="teacher_weights"):
+        build_efficientad(quick_settings(teacher_weights=str(tmp_path / "nope.pth")), tmp_path)
+    with pytest.raises(OfflineAssetError, match="imagenet_dir"):
+        build_efficientad(quick_settings(imagenet_dir=str(tmp_path / "nope")), tmp_path)
+
+
+def test_teacher_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+    medium_file = tmp_path / "medium.pth"
+    torch.save(efficientad_offline._new_pdn("medium").state_dict(), medium_file)
+    with pytest.raises(ValueError, match="not a teacher of this EfficientAD size"):
+        build_efficientad(quick_settings(teacher_weights=str(medium_file)), tmp_path)
+
+
+@pytest.mark.slow
+def test_bf16_and_openvino_scores_follow_fp32(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, _ = build_efficientad(
+        quick_settings(teacher_weights=str(_saved_random_teacher(tmp_path))), tmp_path
+    )
+    model.model.mean_std.update(
+        {"mean": torch.zeros(1, 384, 1, 1), "std": torch.ones(1, 384, 1, 1)}
+    )
+    images = torch.rand(3, 3, IMAGE_SIZE, IMAGE_SIZE)
+    reference = efficientad_inference(model, "fp32")(images)
+    bf16 = efficientad_inference(model, "bf16")(images)
+    assert bf16.anomaly_map.dtype == torch.float32
+    torch.testing.assert_close(bf16.pred_score, reference.pred_score, rtol=0.05, atol=0)
+
+    pytest.importorskip("openvino", reason="openvino is not installed (optional fast path)")
+    openvino = efficientad_inference(model, "openvino-fp32", image_size=IMAGE_SIZE)(images)
+    torch.testing.assert_close(openvino.pred_score, reference.pred_score, rtol=1e-3, atol=1e-4)
+    assert openvino.anomaly_map.shape == reference.anomaly_map.shape
+
+
+def _saved_random_teacher(tmp_path: Path) -> Path:
+    path = tmp_path / "random_teacher.pth"
+    torch.save(efficientad_offline._new_pdn("small").state_dict(), path)
+    return path
