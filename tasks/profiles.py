@@ -30,6 +30,29 @@ class SpikeSettings(_Settings):
     warmup_steps: int = Field(10, ge=1, description="steps before spikes are judged")
     robust_z: float = Field(8.0, gt=0, description="robust z-score of log-loss that counts")
     ratio: float = Field(10.0, gt=1, description="loss over this many times the rolling median")
+    min_log_spread: float = Field(
+        0.05, gt=0, description="floor for the MAD of log-loss, so a flat curve is not hair-trigger"
+    )
+    watch: tuple[str, ...] = Field(
+        ("train_loss",),
+        description="losses judged for spikes; every logged loss is checked for NaN/inf",
+    )
+
+
+class ValidationSettings(_Settings):
+    """Where validation data comes from; it selects among attempts and sets thresholds.
+
+    The test split is never touched: by default a share of train/good is held out and
+    anomalib paints synthetic (Perlin) anomalies into half of it."""
+
+    split_ratio: float = Field(0.25, gt=0, lt=1, description="share of train/good held out")
+    directory: str | None = Field(
+        None,
+        description="a folder with good/ and defect subfolders used instead of the synthetic split",
+    )
+    min_image_auroc: float = Field(
+        0.5, ge=0, le=1, description="below this (or NaN) the attempt is implausible: retrain"
+    )
 
 
 class PatchCoreSettings(_Settings):
@@ -55,8 +78,9 @@ class EfficientAdSettings(_Settings):
     weight_decay: float = Field(1e-5, ge=0)
     image_size: int = Field(256, ge=64)
     teacher_weights: str | None = Field(
-        None, description="local copy of anomalib's pretrained teacher (.pth); None = look "
-        "in the cache, else the documented offline fallback"
+        None,
+        description="local copy of anomalib's pretrained teacher (.pth); None = look "
+        "in the cache, else the documented offline fallback",
     )
     imagenet_dir: str | None = Field(
         None, description="local imagenette copy for the penalty loss; None = fallback photos"
@@ -70,12 +94,17 @@ class Profile(_Settings):
     max_attempts: int = Field(3, ge=1, le=10)
     retry_lr_factor: float = Field(0.5, gt=0, lt=1, description="each retry multiplies lr")
     spike: SpikeSettings = SpikeSettings()
+    validation: ValidationSettings = ValidationSettings()
     patchcore: PatchCoreSettings = PatchCoreSettings()
     efficientad: EfficientAdSettings = EfficientAdSettings()
     eval_batch_size: int = Field(8, ge=1)
     latency_iters: int = Field(30, ge=3)
     latency_batch_size: int = Field(8, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    weights_dir: str | None = Field(
+        None, description="offline weights cache; None = <repo>/data/weights"
+    )
+    overlays: int = Field(2, ge=0, description="best and worst anomaly-map overlays to save")
 
 
 PROFILES: dict[str, dict] = {
@@ -121,7 +150,5 @@ def load_profile(name: str, overrides: dict | None = None) -> Profile:
     try:
         return Profile.model_validate(_merge(PROFILES[name], overrides or {}))
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ProfileError(f"profile {name!r} has invalid settings: {problems}") from None
