@@ -30,6 +30,7 @@ from flows.validate_dataset import (
     DatasetValidationFailed,
     check_dataset,
     current_run_id,
+    describe_run,
     split_list,
 )
 from tasks.profiles import Profile, ProfileError, load_profile
@@ -129,7 +130,7 @@ def comparison_rows(results: list[ModelResult]) -> list[dict]:
 
 @flow(
     name="anomaly-benchmark",
-    flow_run_name="{dataset}/{profile}: {models} on {categories}",
+    flow_run_name=describe_run,
     log_prints=True,
 )
 def benchmark(
@@ -160,7 +161,6 @@ def benchmark(
     if spec is None or not report.passed:
         store.finish_run(run_id, "failed_validation")
         raise DatasetValidationFailed(report.summary())
-    store.set_dataset_hash(run_id, report.dataset_hash)
 
     run_dir = Path(output_dir) / run_id
     results, failed = [], []
@@ -183,7 +183,7 @@ def benchmark(
     status = "completed" if not failed else "incomplete"
     store.finish_run(run_id, status)
     report_path = render_report_task(db, run_id, reports_dir)
-    store.write_artifact(run_id, None, None, "report", str(Path(report_path).resolve()))
+    store.write_artifact(run_id, "*", "*", "report", str(Path(report_path).resolve()))
     create_link_artifact(
         key="benchmark-report", link=Path(report_path).resolve().as_uri(),
         link_text=f"HTML report for run {run_id}", description="self-contained HTML report",

@@ -94,13 +94,25 @@ def check_dataset(
     return spec, report
 
 
+def describe_run() -> str:
+    """Flow-run names that say what ran, e.g. 'demo/quick: patchcore,efficientad on demo_grid'."""
+    params = flow_run.parameters
+    what = params.get("dataset", "?")
+    if params.get("profile"):
+        what += f"/{params['profile']}"
+    if params.get("models"):
+        what += ": " + ",".join(params["models"])
+    cats = ",".join(params.get("categories") or []) or "all categories"
+    return f"{what} on {cats}"
+
+
 def current_run_id() -> str:
     return str(flow_run.get_id() or uuid.uuid4())
 
 
 @flow(
     name="validate-dataset",
-    flow_run_name="validate {dataset}: {categories}",
+    flow_run_name=describe_run,
     log_prints=True,
 )
 def validate_dataset_flow(

@@ -160,7 +160,9 @@ def prepare_dataset(
         raise DatasetError(f"unknown dataset kind {kind!r}: use 'demo', 'mvtec' or 'folder'")
     if data_root is None and kind == "folder":
         raise DatasetError("dataset kind 'folder' needs data_root: the folder holding categories")
-    root = Path(data_root) if data_root is not None else DEFAULT_ROOTS[kind]
+    # absolute, so anomalib (which resolves paths against its own root) sees the same folder
+    root = (Path(data_root) if data_root is not None else DEFAULT_ROOTS[kind]).expanduser()
+    root = root.absolute()
     if kind == "demo":
         ensure_demo_dataset(root)
         chosen = tuple(categories) if categories else DEMO_CATEGORIES

@@ -76,7 +76,10 @@ class EfficientAdSettings(_Settings):
     train_batch_size: int = Field(1, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
-    image_size: int = Field(256, ge=64)
+    image_size: int = Field(256, ge=256, description="anomalib's autoencoder needs >= 256")
+    training_precision: Literal["32-true", "bf16-mixed"] = Field(
+        "32-true", description="Lightning precision; bf16-mixed halves CPU step time"
+    )
     teacher_weights: str | None = Field(
         None,
         description="local copy of anomalib's pretrained teacher (.pth); None = look "
@@ -111,7 +114,13 @@ PROFILES: dict[str, dict] = {
     "quick": {
         "name": "quick",
         "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
-        "efficientad": {"max_steps": 60, "image_size": 256, "teacher_distill_steps": 150},
+        # bf16-mixed: 1.35 s a step instead of 2.5 s on 2 cores (measured on demo_grid)
+        "efficientad": {
+            "max_steps": 30,
+            "image_size": 256,
+            "teacher_distill_steps": 150,
+            "training_precision": "bf16-mixed",
+        },
         "latency_iters": 20,
     },
     "paper": {

@@ -204,6 +204,11 @@ class _ProgressCallback(Callback):
     def __init__(self, report: Progress, start: float, end: float, label: str) -> None:
         self.report, self.start, self.end, self.label = report, start, end, label
 
+    def __getstate__(self) -> dict:
+        # anomalib's torch export pickles the module, which reaches the trainer's callbacks;
+        # the progress function is a closure (it updates a Prefect artifact): leave it out
+        return {**self.__dict__, "report": None}
+
     def on_train_batch_end(
         self,
         trainer: Trainer,
@@ -384,7 +389,7 @@ def _train_efficientad(
             profile,
             run_dir,
             callbacks,
-            {"max_steps": base.max_steps},
+            {"max_steps": base.max_steps, "precision": base.training_precision},
         )
         attempt = trained.attempt
         attempts.append(attempt)

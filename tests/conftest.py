@@ -9,13 +9,8 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-
-# plain `pytest` does not put the checkout on sys.path (the project is not installed);
-# redundant once pyproject's [tool.pytest.ini_options] sets pythonpath = ["."]
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import pytest

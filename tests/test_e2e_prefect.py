@@ -1,0 +1,111 @@
+"""End to end with every part real: a Prefect server on a free loopback port, a process
+worker, deployments from prefect.yaml, `prefect deployment run`, real anomalib training,
+a real DuckDB file and the report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from browser import assert_report_ok, check_report_in_browser
+
+from scripts.stack import Stack, free_port
+from tasks.demo_data import ensure_demo_dataset
+
+pytestmark = pytest.mark.slow
+
+CATEGORY = "demo_grid"
+TINY = {
+    "efficientad": {"max_steps": 6, "teacher_distill_steps": 20},
+    "patchcore": {"image_size": 128},
+    "latency_iters": 3,
+    "max_attempts": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    stack = Stack(state_dir=tmp_path_factory.mktemp("stack"), port=free_port())
+    stack.up()
+    yield stack
+    stack.down()
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    return ensure_demo_dataset(root)
+
+
+def _run(stack: Stack, name: str, tmp: Path, **params):
+    params.setdefault("db", str(tmp / "bench.duckdb"))
+    return stack.run_deployment(name, params, timeout=1500)
+
+
+def test_demo_deployment_completes_and_stores_results(stack, demo_root, tmp_path):
+    result = _run(
+        stack, "anomaly-benchmark/demo", tmp_path,
+        data_root=str(demo_root), categories=[CATEGORY], overrides=TINY,
+        output_dir=str(tmp_path / "runs"), reports_dir=str(tmp_path / "reports"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Completed" in result.stdout + result.stderr
+
+    with duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True) as con:
+        (run_id, status), = con.execute("select run_id, status from runs").fetchall()
+        assert status == "completed"
+        image_auroc = dict(con.execute(
+            "select model, value from metrics where run_id = ? and metric = 'image_auroc'"
+            " and category = ?", [run_id, CATEGORY],
+        ).fetchall())
+        assert set(image_auroc) == {"patchcore", "efficientad"}
+        assert all(0.0 <= v <= 1.0 for v in image_auroc.values())
+        assert con.execute(
+            "select count(*) from validations where run_id = ? and not passed", [run_id]
+        ).fetchone()[0] == 0
+        assert con.execute(
+            "select count(*) from scores where run_id = ?", [run_id]
+        ).fetchone()[0] > 0
+
+    report = tmp_path / "reports" / run_id / "report.html"
+    assert report.exists() and (tmp_path / "reports" / "latest.html").exists()
+    seen = check_report_in_browser(
+        report, tmp_path / "bench.duckdb", screenshot=Path("test-artifacts/e2e-report.png")
+    )
+    assert_report_ok(seen)
+    assert seen["cells_checked"] > 0
+
+
+def test_deployment_on_invalid_data_fails_without_training(stack, demo_root, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_root, broken)
+    category = broken / CATEGORY
+    truncated = next((category / "train" / "good").glob("*.png"))
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    mask = next((category / "ground_truth").rglob("*_mask.png"))
+    mask.unlink()
+
+    result = _run(
+        stack, "anomaly-benchmark/demo", tmp_path,
+        dataset="folder", data_root=str(broken), categories=[CATEGORY], overrides=TINY,
+        output_dir=str(tmp_path / "runs"), reports_dir=str(tmp_path / "reports"),
+    )
+    assert result.returncode != 0
+    assert "Failed" in result.stdout + result.stderr
+
+    with duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True) as con:
+        (run_id, status), = con.execute("select run_id, status from runs").fetchall()
+        assert status == "failed_validation"
+        failed = {row[0] for row in con.execute(
+            "select rule from validations where run_id = ? and not passed", [run_id]
+        ).fetchall()}
+        assert failed, "the gate stored no failed rule"
+        for table in ("training_attempts", "metrics", "scores"):
+            assert con.execute(
+                f"select count(*) from {table} where run_id = ?", [run_id]
+            ).fetchone()[0] == 0, table
+
+    artifact = stack.prefect("artifact", "inspect", "validation-summary", check=False)
+    assert "FAILED" in artifact.stdout
