@@ -91,12 +91,17 @@ def only_infrastructure_faults(task, task_run, state) -> bool:
     retry_condition_fn=only_infrastructure_faults,
 )
 def train_and_evaluate_task(
-    model_name: str, category: str, spec: DatasetSpec, profile: Profile, run_dir: Path,
+    model_name: str,
+    category: str,
+    spec: DatasetSpec,
+    profile: Profile,
+    run_dir: Path,
     dataset_hash: str,
 ) -> ModelResult:
     logger = get_run_logger()
     artifact_id = create_progress_artifact(
-        progress=0.0, description=f"training {model_name} on {category}",
+        progress=0.0,
+        description=f"training {model_name} on {category}",
     )
 
     def progress(fraction: float, message: str) -> None:
@@ -117,14 +122,17 @@ def comparison_rows(results: list[ModelResult]) -> list[dict]:
     rows = []
     for r in results:
         batch1 = next((lat for lat in r.latency if lat.batch_size == 1), None)
-        rows.append({
-            "category": r.category, "model": r.model,
-            "image_auroc": r.metrics.get("image_auroc"),
-            "pixel_auroc": r.metrics.get("pixel_auroc"),
-            "weights": r.weights.get("source", "?"),
-            "p50_ms": batch1.p50_ms if batch1 else None,
-            "attempts": len(r.attempts),
-        })
+        rows.append(
+            {
+                "category": r.category,
+                "model": r.model,
+                "image_auroc": r.metrics.get("image_auroc"),
+                "pixel_auroc": r.metrics.get("pixel_auroc"),
+                "weights": r.weights.get("source", "?"),
+                "p50_ms": batch1.p50_ms if batch1 else None,
+                "attempts": len(r.attempts),
+            }
+        )
     return rows
 
 
@@ -153,8 +161,13 @@ def benchmark(
     run_id = current_run_id()
     store = ResultStore(db)
     store.start_run(
-        run_id, flow_run_id=flow_run.get_id(), dataset=dataset, data_root=str(data_root or ""),
-        categories=list(categories or []), models=list(models), profile=profile,
+        run_id,
+        flow_run_id=flow_run.get_id(),
+        dataset=dataset,
+        data_root=str(data_root or ""),
+        categories=list(categories or []),
+        models=list(models),
+        profile=profile,
     )
 
     spec, report = check_dataset(dataset, data_root, categories, store, run_id)
@@ -168,8 +181,13 @@ def benchmark(
     for category in spec.categories:
         for model in models:
             state = train_and_evaluate_task(
-                model, category, spec, settings, run_dir / model / category,
-                report.dataset_hash, return_state=True,
+                model,
+                category,
+                spec,
+                settings,
+                run_dir / model / category,
+                report.dataset_hash,
+                return_state=True,
             )
             try:
                 result = state.result()
@@ -185,11 +203,14 @@ def benchmark(
     report_path = render_report_task(db, run_id, reports_dir)
     store.write_artifact(run_id, "*", "*", "report", str(Path(report_path).resolve()))
     create_link_artifact(
-        key="benchmark-report", link=Path(report_path).resolve().as_uri(),
-        link_text=f"HTML report for run {run_id}", description="self-contained HTML report",
+        key="benchmark-report",
+        link=Path(report_path).resolve().as_uri(),
+        link_text=f"HTML report for run {run_id}",
+        description="self-contained HTML report",
     )
     create_table_artifact(
-        key="benchmark-comparison", table=comparison_rows(results),
+        key="benchmark-comparison",
+        table=comparison_rows(results),
         description=f"image AUROC per category and model, run {run_id}",
     )
     logger.info("report written to %s", Path(report_path).resolve())
@@ -200,7 +221,8 @@ def benchmark(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.benchmark", description=__doc__,
+        prog="python -m flows.benchmark",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", choices=["demo", "mvtec", "folder"], default="demo")
@@ -208,17 +230,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", default=None, help="comma-separated, default: all")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     parser.add_argument("--profile", choices=["quick", "paper"], default="quick")
-    parser.add_argument("--overrides", default=None,
-                        help='JSON of profile overrides, e.g. \'{"efficientad": {"max_steps": 20}}\'')
+    parser.add_argument(
+        "--overrides",
+        default=None,
+        help='JSON of profile overrides, e.g. \'{"efficientad": {"max_steps": 20}}\'',
+    )
     parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     parser.add_argument("--output-dir", default="runs", help="models and overlays go here")
     parser.add_argument("--reports-dir", default="reports", help="HTML reports go here")
     args = parser.parse_args(argv)
     state = benchmark(
-        dataset=args.dataset, data_root=args.data_root, categories=split_list(args.categories),
-        models=split_list(args.models) or [], profile=args.profile,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        categories=split_list(args.categories),
+        models=split_list(args.models) or [],
+        profile=args.profile,
         overrides=json.loads(args.overrides) if args.overrides else None,
-        db=args.db, output_dir=args.output_dir, reports_dir=args.reports_dir, return_state=True,
+        db=args.db,
+        output_dir=args.output_dir,
+        reports_dir=args.reports_dir,
+        return_state=True,
     )
     if state.is_completed():
         print(f"report: {Path(state.result()).resolve()}")

@@ -44,11 +44,18 @@ def validate_task(spec: DatasetSpec, cache_path: Path | None) -> ValidationRepor
     return report
 
 
-def layout_failure(dataset: str, categories: list[str] | None, err: DatasetError) -> ValidationReport:
+def layout_failure(
+    dataset: str, categories: list[str] | None, err: DatasetError
+) -> ValidationReport:
     """A dataset that cannot even be opened is a failed validation, stored like any other."""
     rule = RuleResult(
-        tool="layout", category=",".join(categories or []) or "*", rule="dataset_layout",
-        passed=False, failing_count=1, examples=[], message=str(err),
+        tool="layout",
+        category=",".join(categories or []) or "*",
+        rule="dataset_layout",
+        passed=False,
+        failing_count=1,
+        examples=[],
+        message=str(err),
     )
     return ValidationReport(dataset=dataset, rules=[rule])
 
@@ -59,9 +66,13 @@ def publish_validation(report: ValidationReport, run_id: str) -> None:
         key="validation-results",
         table=[
             {
-                "tool": r.tool, "category": r.category, "rule": r.rule,
-                "passed": r.passed, "failing": r.failing_count,
-                "examples": "; ".join(r.examples[:3]), "message": r.message,
+                "tool": r.tool,
+                "category": r.category,
+                "rule": r.rule,
+                "passed": r.passed,
+                "failing": r.failing_count,
+                "examples": "; ".join(r.examples[:3]),
+                "message": r.message,
             }
             for r in report.rules
         ],
@@ -77,7 +88,10 @@ def publish_validation(report: ValidationReport, run_id: str) -> None:
 
 
 def check_dataset(
-    dataset: str, data_root: str | None, categories: list[str] | None, store: ResultStore,
+    dataset: str,
+    data_root: str | None,
+    categories: list[str] | None,
+    store: ResultStore,
     run_id: str,
 ) -> tuple[DatasetSpec | None, ValidationReport]:
     """Prepare + validate, store and publish the result; never raises on bad data."""
@@ -125,8 +139,13 @@ def validate_dataset_flow(
     run_id = current_run_id()
     store = ResultStore(db)
     store.start_run(
-        run_id, flow_run_id=flow_run.get_id(), dataset=dataset, data_root=str(data_root or ""),
-        categories=list(categories or []), models=[], profile=None,
+        run_id,
+        flow_run_id=flow_run.get_id(),
+        dataset=dataset,
+        data_root=str(data_root or ""),
+        categories=list(categories or []),
+        models=[],
+        profile=None,
     )
     _, report = check_dataset(dataset, data_root, categories, store, run_id)
     store.finish_run(run_id, "completed" if report.passed else "failed_validation")
@@ -141,7 +160,8 @@ def split_list(text: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.validate_dataset", description=__doc__,
+        prog="python -m flows.validate_dataset",
+        description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", choices=["demo", "mvtec", "folder"], default="demo")
@@ -150,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     args = parser.parse_args(argv)
     state = validate_dataset_flow(
-        dataset=args.dataset, data_root=args.data_root,
-        categories=split_list(args.categories), db=args.db, return_state=True,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        categories=split_list(args.categories),
+        db=args.db,
+        return_state=True,
     )
     if state.is_completed():
         print(f"dataset {args.dataset}: valid")

@@ -112,8 +112,13 @@ class Stack:
         """Run the prefect CLI against this stack's server."""
         cmd = [str(Path(sys.executable).with_name("prefect")), *args]
         return subprocess.run(
-            cmd, cwd=self.project_dir, env=self.env(), check=check, timeout=timeout,
-            capture_output=True, text=True,
+            cmd,
+            cwd=self.project_dir,
+            env=self.env(),
+            check=check,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
         )
 
     def up(self, deploy: bool = True, timeout: float = 120) -> None:
@@ -121,8 +126,10 @@ class Stack:
         if self.pid("server") and self.healthy():
             print(f"server already up at {self.ui_url} (pid {self.pid('server')})")
         else:
-            self._spawn("server", [prefect_bin, "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(self.port)])
+            self._spawn(
+                "server",
+                [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            )
             deadline = time.monotonic() + timeout
             while not self.healthy():
                 if time.monotonic() > deadline or not self.pid("server"):
@@ -141,8 +148,9 @@ class Stack:
         if self.pid("worker"):
             print(f"worker already running (pid {self.pid('worker')})")
         else:
-            self._spawn("worker", [prefect_bin, "worker", "start", "--pool", WORK_POOL,
-                                   "--type", "process"])
+            self._spawn(
+                "worker", [prefect_bin, "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+            )
             print(f"worker started (pid {self.pid('worker')})")
         (self.state_dir / "stack.json").write_text(json.dumps({"port": self.port}))
 
@@ -179,7 +187,9 @@ def _load_stack() -> Stack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("command", choices=["up", "down", "run-demo", "status"])
     parser.add_argument("--port", type=int, default=None, help="server port (default 4200)")
     args = parser.parse_args(argv)
@@ -192,11 +202,15 @@ def main(argv: list[str] | None = None) -> int:
         stack.down()
     elif args.command == "status":
         for name in ("server", "worker"):
-            print(f"{name}: {'running, pid ' + str(stack.pid(name)) if stack.pid(name) else 'stopped'}")
+            print(
+                f"{name}: {'running, pid ' + str(stack.pid(name)) if stack.pid(name) else 'stopped'}"
+            )
         print(f"UI: {stack.ui_url} ({'healthy' if stack.healthy() else 'not answering'})")
     else:
-        print("running deployment anomaly-benchmark/demo (watch it in the UI: "
-              f"{stack.ui_url}/runs)", flush=True)
+        print(
+            f"running deployment anomaly-benchmark/demo (watch it in the UI: {stack.ui_url}/runs)",
+            flush=True,
+        )
         result = stack.run_deployment("anomaly-benchmark/demo")
         print(result.stdout[-4000:], result.stderr[-2000:], sep="\n")
         report = PROJECT_DIR / "reports" / "latest.html"

@@ -46,28 +46,39 @@ def _run(stack: Stack, name: str, tmp: Path, **params):
 
 def test_demo_deployment_completes_and_stores_results(stack, demo_root, tmp_path):
     result = _run(
-        stack, "anomaly-benchmark/demo", tmp_path,
-        data_root=str(demo_root), categories=[CATEGORY], overrides=TINY,
-        output_dir=str(tmp_path / "runs"), reports_dir=str(tmp_path / "reports"),
+        stack,
+        "anomaly-benchmark/demo",
+        tmp_path,
+        data_root=str(demo_root),
+        categories=[CATEGORY],
+        overrides=TINY,
+        output_dir=str(tmp_path / "runs"),
+        reports_dir=str(tmp_path / "reports"),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Completed" in result.stdout + result.stderr
 
     with duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True) as con:
-        (run_id, status), = con.execute("select run_id, status from runs").fetchall()
+        ((run_id, status),) = con.execute("select run_id, status from runs").fetchall()
         assert status == "completed"
-        image_auroc = dict(con.execute(
-            "select model, value from metrics where run_id = ? and metric = 'image_auroc'"
-            " and category = ?", [run_id, CATEGORY],
-        ).fetchall())
+        image_auroc = dict(
+            con.execute(
+                "select model, value from metrics where run_id = ? and metric = 'image_auroc'"
+                " and category = ?",
+                [run_id, CATEGORY],
+            ).fetchall()
+        )
         assert set(image_auroc) == {"patchcore", "efficientad"}
         assert all(0.0 <= v <= 1.0 for v in image_auroc.values())
-        assert con.execute(
-            "select count(*) from validations where run_id = ? and not passed", [run_id]
-        ).fetchone()[0] == 0
-        assert con.execute(
-            "select count(*) from scores where run_id = ?", [run_id]
-        ).fetchone()[0] > 0
+        assert (
+            con.execute(
+                "select count(*) from validations where run_id = ? and not passed", [run_id]
+            ).fetchone()[0]
+            == 0
+        )
+        assert (
+            con.execute("select count(*) from scores where run_id = ?", [run_id]).fetchone()[0] > 0
+        )
 
     report = tmp_path / "reports" / run_id / "report.html"
     assert report.exists() and (tmp_path / "reports" / "latest.html").exists()
@@ -88,24 +99,36 @@ def test_deployment_on_invalid_data_fails_without_training(stack, demo_root, tmp
     mask.unlink()
 
     result = _run(
-        stack, "anomaly-benchmark/demo", tmp_path,
-        dataset="folder", data_root=str(broken), categories=[CATEGORY], overrides=TINY,
-        output_dir=str(tmp_path / "runs"), reports_dir=str(tmp_path / "reports"),
+        stack,
+        "anomaly-benchmark/demo",
+        tmp_path,
+        dataset="folder",
+        data_root=str(broken),
+        categories=[CATEGORY],
+        overrides=TINY,
+        output_dir=str(tmp_path / "runs"),
+        reports_dir=str(tmp_path / "reports"),
     )
     assert result.returncode != 0
     assert "Failed" in result.stdout + result.stderr
 
     with duckdb.connect(str(tmp_path / "bench.duckdb"), read_only=True) as con:
-        (run_id, status), = con.execute("select run_id, status from runs").fetchall()
+        ((run_id, status),) = con.execute("select run_id, status from runs").fetchall()
         assert status == "failed_validation"
-        failed = {row[0] for row in con.execute(
-            "select rule from validations where run_id = ? and not passed", [run_id]
-        ).fetchall()}
+        failed = {
+            row[0]
+            for row in con.execute(
+                "select rule from validations where run_id = ? and not passed", [run_id]
+            ).fetchall()
+        }
         assert failed, "the gate stored no failed rule"
         for table in ("training_attempts", "metrics", "scores"):
-            assert con.execute(
-                f"select count(*) from {table} where run_id = ?", [run_id]
-            ).fetchone()[0] == 0, table
+            assert (
+                con.execute(f"select count(*) from {table} where run_id = ?", [run_id]).fetchone()[
+                    0
+                ]
+                == 0
+            ), table
 
     artifact = stack.prefect("artifact", "inspect", "validation-summary", check=False)
     assert "FAILED" in artifact.stdout
