@@ -3,7 +3,7 @@
 The flow is the only writer; tasks return values (`ValidationReport`, `ModelResult`)
 and the flow hands them here. History is kept across runs, so a run can be compared
 with the previous comparable one (same dataset and profile) and the report can draw a
-trend. The schema is documented in docs/schema.md.
+trend. The schema is documented in the README.
 
 Connections are opened per call and closed at once, so other processes (the report,
 a notebook) can read the file between writes. `write_result` replaces one
@@ -233,7 +233,7 @@ ORDER BY r.started_at, w.model, w.category
 
 
 class ResultStore:
-    """A DuckDB file holding every benchmark run; see docs/schema.md for the tables."""
+    """A DuckDB file holding every benchmark run; see the README for the tables."""
 
     def __init__(self, db_path: str | Path) -> None:
         self.db_path = Path(db_path)
