@@ -85,7 +85,7 @@ def main() -> None:
                     profile,
                     work / "runs" / f"seed{seed}_{'spike' if inject else 'clean'}",
                     callbacks,
-                    {"max_steps": args.steps},
+                    {"max_steps": args.steps, "precision": profile.efficientad.training_precision},
                 )
                 spike = watcher.spike
                 kind = "clean" if inject is None else f"lr x1000 at step {inject}"

@@ -438,11 +438,13 @@ def paper_configuration_text(result: dict, weights: dict) -> str:
     if result["paper_configuration"]:
         return "yes"
     if result["weights_source"] == "fallback":
-        backbone = weights.get("backbone", "another backbone")
+        what = weights.get("backbone") or (
+            "distilled teacher" if "teacher" in weights else "another backbone"
+        )
         reason = weights.get("reason") or weights.get("fallback_reason")
         label = weights.get("weights")
         detail = "".join(f"; {x}" for x in (label, reason) if x)
-        return f"no (fallback weights: {backbone}{detail})"
+        return f"no (fallback weights: {what}{detail})"
     if result["weights_source"] != "pretrained":
         return f"no (weights source: {result['weights_source']})"
     return f"no (profile {result['profile']}: settings differ from the paper's)"

@@ -340,7 +340,8 @@ def fit_attempt(
         learning_rate=getattr(settings, "lr", None),
         steps=engine.trainer.global_step,
         end_reason="completed",
-        losses=watcher.losses,
+        # PatchCore's training step only collects features; its logged "loss" is a dummy 0
+        losses=watcher.losses if model_name == "efficientad" else [],
     )
     return TrainedAttempt(attempt, model, engine, weights), watcher
 
