@@ -29,8 +29,10 @@ from flows.validate_dataset import (
     DEFAULT_DB,
     DatasetValidationFailed,
     check_dataset,
+    close_abandoned_runs,
     current_run_id,
     describe_run,
+    mark_run_ended,
     split_list,
 )
 from tasks.profiles import Profile, ProfileError, load_profile
@@ -140,12 +142,14 @@ def comparison_rows(results: list[ModelResult]) -> list[dict]:
     name="anomaly-benchmark",
     flow_run_name=describe_run,
     log_prints=True,
+    on_crashed=[mark_run_ended],
+    on_cancellation=[mark_run_ended],
 )
 def benchmark(
     dataset: str = "demo",
     data_root: str | None = None,
     categories: list[str] | None = None,
-    models: list[str] = list(MODELS),
+    models: list[str] | None = None,
     profile: str = "quick",
     overrides: dict | None = None,
     db: str = DEFAULT_DB,
@@ -154,8 +158,9 @@ def benchmark(
 ) -> str:
     """Validate the dataset, train+evaluate every (model, category), store, report."""
     logger = get_run_logger()
+    models = list(models or MODELS)
     unknown = sorted(set(models) - set(MODELS))
-    if unknown or not models:
+    if unknown:
         raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
     run_id = current_run_id()
@@ -170,6 +175,7 @@ def benchmark(
         profile=profile,
     )
 
+    close_abandoned_runs(store, run_id)
     spec, report = check_dataset(dataset, data_root, categories, store, run_id)
     if spec is None or not report.passed:
         store.finish_run(run_id, "failed_validation")

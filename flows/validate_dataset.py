@@ -120,6 +120,58 @@ def describe_run() -> str:
     return f"{what} on {cats}"
 
 
+def mark_run_ended(flow, flow_run, state) -> None:
+    """State hook: a crashed or cancelled flow run is never left as `running` in DuckDB.
+
+    Each (run, model, category) is written in its own transaction, so what was stored
+    before the crash is whole; the run's status says the run as a whole did not finish,
+    and comparisons and trends only use completed runs."""
+    db = (flow_run.parameters or {}).get("db", DEFAULT_DB)
+    ResultStore(db).finish_run(str(flow_run.id), state.type.value.lower())
+
+
+def close_abandoned_runs(store: ResultStore, run_id: str) -> list[str]:
+    """Mark runs that died without a goodbye (a killed worker) as `crashed` and drop their
+    per-model rows, so no partial run sits beside complete ones.
+
+    A run is dead when Prefect says its flow run ended, or, for runs in this flow run's
+    work pool (concurrency limit 1: one benchmark at a time), whenever it is not this run.
+    Runs started outside Prefect deployments are only closed once Prefect says they ended.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    candidates = store.query(
+        "SELECT run_id, flow_run_id FROM runs WHERE status = 'running' AND run_id <> ?", [run_id]
+    )
+    if candidates.empty:
+        return []
+    closed = []
+    with get_client(sync_client=True) as client:
+        this_run = flow_run.get_id()
+        pool_name = client.read_flow_run(uuid.UUID(this_run)).work_pool_name if this_run else None
+        alone = pool_name is not None and client.read_work_pool(pool_name).concurrency_limit == 1
+        for other, other_flow_run in candidates.itertuples(index=False):
+            try:
+                other_run = client.read_flow_run(uuid.UUID(other_flow_run))
+            except Exception:  # noqa: BLE001 - unknown to this server: leave it alone
+                continue
+            ended = other_run.state is not None and other_run.state.is_final()
+            if not ended and not (alone and other_run.work_pool_name == pool_name):
+                continue
+            if not ended:
+                client.set_flow_run_state(
+                    other_run.id,
+                    Crashed(message=f"abandoned; run {run_id} took over"),
+                    force=True,
+                )
+            store.discard_partial_run(other)
+            closed.append(other)
+    if closed:
+        get_run_logger().warning("closed abandoned runs as crashed: %s", ", ".join(closed))
+    return closed
+
+
 def current_run_id() -> str:
     return str(flow_run.get_id() or uuid.uuid4())
 
@@ -128,6 +180,8 @@ def current_run_id() -> str:
     name="validate-dataset",
     flow_run_name=describe_run,
     log_prints=True,
+    on_crashed=[mark_run_ended],
+    on_cancellation=[mark_run_ended],
 )
 def validate_dataset_flow(
     dataset: str = "demo",

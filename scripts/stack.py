@@ -140,6 +140,9 @@ class Stack:
         pools = self.prefect("work-pool", "ls", check=False).stdout
         if WORK_POOL not in pools:
             self.prefect("work-pool", "create", WORK_POOL, "--type", "process")
+            # one benchmark at a time: two trainings would only fight over the same cores,
+            # and it lets a new run know that any other `running` run is dead
+            self.prefect("work-pool", "set-concurrency-limit", WORK_POOL, "1")
         if deploy:
             result = self.prefect("--no-prompt", "deploy", "--all", check=False)
             if result.returncode != 0:
@@ -202,9 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.down()
     elif args.command == "status":
         for name in ("server", "worker"):
-            print(
-                f"{name}: {'running, pid ' + str(stack.pid(name)) if stack.pid(name) else 'stopped'}"
-            )
+            pid = stack.pid(name)
+            print(f"{name}: {f'running, pid {pid}' if pid else 'stopped'}")
         print(f"UI: {stack.ui_url} ({'healthy' if stack.healthy() else 'not answering'})")
     else:
         print(

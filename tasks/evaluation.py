@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Max, F1Score
+from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 from torchmetrics.functional.classification import binary_roc
@@ -43,6 +44,37 @@ _METRIC_KEYS = {
     "pixel_AUPRO": "aupro",
 }
 _ROC_THRESHOLDS = 256  # binned pixel ROC: millions of pixels, a curve of 256 points is plenty
+
+
+class RankPreservingPostProcessor(PostProcessor):
+    """anomalib's PostProcessor, with a normalisation that keeps the order of scores.
+
+    anomalib maps scores to ((score - threshold) / (max - min) + 0.5) and clamps to [0, 1],
+    with min/max seen on validation. On a small validation split most test scores fall
+    outside that range and clamp to the same 0 or 1, and AUROC collapses towards 0.5.
+    Raw scores are no way out either: torchmetrics treats values outside [0, 1] as logits
+    and applies a sigmoid, which saturates PatchCore's distances (~30) to one value.
+    Here the same affine map goes through a logistic instead of a clamp: 0.5 is still the
+    adaptive threshold, every value stays inside (0, 1), and the order of scores (so
+    AUROC, F1Max and AUPRO) is that of the model's raw scores.
+    """
+
+    @staticmethod
+    def _normalize(
+        preds: torch.Tensor | None,
+        norm_min: torch.Tensor,
+        norm_max: torch.Tensor,
+        threshold: torch.Tensor,
+    ) -> torch.Tensor | None:
+        if preds is None:
+            return preds
+        threshold = torch.where(torch.isnan(threshold), (norm_max + norm_min) / 2, threshold)
+        value_range = norm_max - norm_min
+        safe_range = torch.where(value_range > 0, value_range, torch.ones_like(value_range))
+        # float64: a logistic in float32 would saturate (and tie) far-out scores
+        normalized = torch.sigmoid(4 * (preds.double() - threshold) / safe_range).to(preds.dtype)
+        has_range = ~torch.isnan(norm_min) & ~torch.isnan(norm_max)
+        return torch.where(has_range, normalized, preds)
 
 
 def build_evaluator(aupro: bool = True) -> Evaluator:

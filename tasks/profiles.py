@@ -121,7 +121,7 @@ PROFILES: dict[str, dict] = {
             "teacher_distill_steps": 150,
             "training_precision": "bf16-mixed",
         },
-        "latency_iters": 20,
+        "latency_iters": 10,
     },
     "paper": {
         "name": "paper",

@@ -414,6 +414,18 @@ class ResultStore:
                 [run_id, model, category, kind, str(path)],
             )
 
+    def discard_partial_run(self, run_id: str) -> None:
+        """A run that died midway: mark it `crashed` and delete its per-model rows in one
+        transaction (its validations stay: the data was checked), so nothing partial is
+        left to be read as a result."""
+        with self._transaction() as con:
+            for table in RESULT_TABLES:
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            con.execute(
+                "UPDATE runs SET status = 'crashed', ended_at = ? WHERE run_id = ?",
+                [_utcnow(), run_id],
+            )
+
     def finish_run(self, run_id: str, status: str) -> None:
         with self._connect() as con:
             updated = con.execute(

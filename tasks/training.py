@@ -50,6 +50,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from tasks.evaluation import (
     VAL_IMAGE_AUROC,
+    RankPreservingPostProcessor,
     TestPredictionCollector,
     build_evaluator,
     image_scores,
@@ -328,6 +329,7 @@ def fit_attempt(
     seed_everything(seed, workers=True, verbose=False)
     model, weights = build_model(model_name, settings, _weights_dir(profile))
     model.evaluator = build_evaluator()
+    model.post_processor = RankPreservingPostProcessor()
     model.visualizer = None  # overlays are written by tasks.evaluation, for a few images only
     watcher = LossSpikeCallback(profile.spike)
     engine = _engine(

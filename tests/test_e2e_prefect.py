@@ -4,7 +4,11 @@ a real DuckDB file and the report opened in headless Chromium."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import duckdb
@@ -132,3 +136,47 @@ def test_deployment_on_invalid_data_fails_without_training(stack, demo_root, tmp
 
     artifact = stack.prefect("artifact", "inspect", "validation-summary", check=False)
     assert "FAILED" in artifact.stdout
+
+
+def _stored_models(db: Path) -> set[str]:
+    """Models with stored metrics so far; the flow may hold the file for a moment."""
+    try:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return {row[0] for row in con.execute("select distinct model from metrics").fetchall()}
+    except (duckdb.IOException, duckdb.CatalogException):
+        return set()
+
+
+def test_killed_worker_then_rerun_leaves_no_partial_rows(stack, demo_root, tmp_path):
+    db = tmp_path / "bench.duckdb"
+    params = {
+        "data_root": str(demo_root),
+        "categories": ["demo_brick"],
+        "overrides": TINY,
+        "db": str(db),
+        "output_dir": str(tmp_path / "runs"),
+        "reports_dir": str(tmp_path / "reports"),
+    }
+    args = ["deployment", "run", "anomaly-benchmark/demo"]
+    for key, value in params.items():
+        args += ["--param", f"{key}={json.dumps(value)}"]
+    stack.prefect(*args)  # no --watch: kill the worker while the run is in flight
+    deadline = time.monotonic() + 600
+    while "patchcore" not in _stored_models(db):
+        assert time.monotonic() < deadline, "the first run never stored a result"
+        time.sleep(2)
+    os.killpg(stack.pid("worker"), signal.SIGTERM)  # the worker takes its flow run down
+    while stack.pid("worker"):
+        time.sleep(0.5)
+    stack.up(deploy=False)  # a new worker
+
+    result = stack.run_deployment("anomaly-benchmark/demo", params, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with duckdb.connect(str(db), read_only=True) as con:
+        runs = dict(con.execute("select status, count(*) from runs group by status").fetchall())
+        assert runs == {"crashed": 1, "completed": 1}
+        per_key = con.execute(
+            "select r.status, count(*) from metrics m join runs r using (run_id)"
+            " where metric = 'image_auroc' group by r.status"
+        ).fetchall()
+        assert per_key == [("completed", 2)]  # both models once, nothing of the dead run

@@ -166,6 +166,24 @@ def test_rerunning_the_same_run_id_does_not_duplicate(tmp_path):
     assert first["runs"] == 1 and first["metrics"] == 5
 
 
+def test_discarding_a_dead_run_leaves_only_its_run_row_and_validations(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    for run_id in ("dead", "alive"):
+        start(store, run_id)
+        store.write_validations(run_id, validation_report())
+        store.write_result(run_id, model_result("patchcore", "demo_grid", image_auroc=0.9))
+    store.discard_partial_run("dead")
+    assert store.query("SELECT status FROM runs WHERE run_id = 'dead'")["status"][0] == "crashed"
+    for table in RESULT_TABLES:
+        owners = set(store.query(f"SELECT DISTINCT run_id FROM {table}")["run_id"])
+        assert "dead" not in owners, table
+    assert count(store, "metrics") == 5  # the live run's rows are untouched
+    assert set(store.query("SELECT DISTINCT run_id FROM validations")["run_id"]) == {
+        "dead",
+        "alive",
+    }
+
+
 def test_finish_run_of_an_unknown_run_fails(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
     with pytest.raises(KeyError, match="never started"):
