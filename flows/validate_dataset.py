@@ -131,42 +131,25 @@ def mark_run_ended(flow, flow_run, state) -> None:
 
 
 def close_abandoned_runs(store: ResultStore, run_id: str) -> list[str]:
-    """Mark runs that died without a goodbye (a killed worker) as `crashed` and drop their
-    per-model rows, so no partial run sits beside complete ones.
-
-    A run is dead when Prefect says its flow run ended, or, for runs in this flow run's
-    work pool (concurrency limit 1: one benchmark at a time), whenever it is not this run.
-    Runs started outside Prefect deployments are only closed once Prefect says they ended.
-    """
+    """Runs that Prefect knows ended (crashed with a killed worker, cancelled) but that
+    never said goodbye to DuckDB: mark them `crashed` and drop their per-model rows, so no
+    partial run sits beside complete ones. `make demo` marks the flow runs of a dead
+    worker Crashed when it starts a new worker (scripts/stack.py)."""
     from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
 
     candidates = store.query(
         "SELECT run_id, flow_run_id FROM runs WHERE status = 'running' AND run_id <> ?", [run_id]
     )
-    if candidates.empty:
-        return []
     closed = []
     with get_client(sync_client=True) as client:
-        this_run = flow_run.get_id()
-        pool_name = client.read_flow_run(uuid.UUID(this_run)).work_pool_name if this_run else None
-        alone = pool_name is not None and client.read_work_pool(pool_name).concurrency_limit == 1
         for other, other_flow_run in candidates.itertuples(index=False):
             try:
-                other_run = client.read_flow_run(uuid.UUID(other_flow_run))
+                state = client.read_flow_run(uuid.UUID(other_flow_run)).state
             except Exception:  # noqa: BLE001 - unknown to this server: leave it alone
                 continue
-            ended = other_run.state is not None and other_run.state.is_final()
-            if not ended and not (alone and other_run.work_pool_name == pool_name):
-                continue
-            if not ended:
-                client.set_flow_run_state(
-                    other_run.id,
-                    Crashed(message=f"abandoned; run {run_id} took over"),
-                    force=True,
-                )
-            store.discard_partial_run(other)
-            closed.append(other)
+            if state is not None and state.is_final():
+                store.discard_partial_run(other)
+                closed.append(other)
     if closed:
         get_run_logger().warning("closed abandoned runs as crashed: %s", ", ".join(closed))
     return closed

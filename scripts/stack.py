@@ -137,8 +137,7 @@ class Stack:
                     raise RuntimeError(f"Prefect server did not come up on {self.ui_url}:\n{log}")
                 time.sleep(0.5)
             print(f"server up at {self.ui_url} (pid {self.pid('server')})")
-        pools = self.prefect("work-pool", "ls", check=False).stdout
-        if WORK_POOL not in pools:
+        if self.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
             self.prefect("work-pool", "create", WORK_POOL, "--type", "process")
             # one benchmark at a time: two trainings would only fight over the same cores,
             # and it lets a new run know that any other `running` run is dead
@@ -151,11 +150,46 @@ class Stack:
         if self.pid("worker"):
             print(f"worker already running (pid {self.pid('worker')})")
         else:
+            for flow_run_id in self.crash_orphaned_flow_runs():
+                print(f"flow run {flow_run_id} lost its worker: marked Crashed")
             self._spawn(
                 "worker", [prefect_bin, "worker", "start", "--pool", WORK_POOL, "--type", "process"]
             )
             print(f"worker started (pid {self.pid('worker')})")
         (self.state_dir / "stack.json").write_text(json.dumps({"port": self.port}))
+
+    def crash_orphaned_flow_runs(self) -> list[str]:
+        """With no worker alive, a flow run of this pool still `Running` died with its
+        worker (killed, machine restarted). Mark it Crashed, so it stops holding the pool's
+        only slot and the next benchmark run can close its partial results."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            WorkPoolFilter,
+            WorkPoolFilterName,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.states import Crashed
+
+        active = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING])
+            )
+        )
+        pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[WORK_POOL]))
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            with get_client(sync_client=True) as client:
+                orphans = client.read_flow_runs(flow_run_filter=active, work_pool_filter=pool)
+                for run in orphans:
+                    client.set_flow_run_state(
+                        run.id,
+                        Crashed(message="its worker stopped before it finished"),
+                        force=True,
+                    )
+        return [str(run.id) for run in orphans]
 
     def down(self) -> None:
         for name in ("worker", "server"):
