@@ -23,22 +23,20 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
 from flows.validate_dataset import (
     DEFAULT_DB,
     DatasetValidationFailed,
     check_dataset,
     close_abandoned_runs,
-    current_run_id,
     describe_run,
     mark_run_ended,
+    open_run,
     split_list,
 )
 from tasks.profiles import Profile, ProfileError, load_profile
 from tasks.report import render_report
 from tasks.results import DatasetError, DatasetSpec, ModelResult
-from tasks.store import ResultStore
 from tasks.training import train_and_evaluate
 
 MODELS = ("patchcore", "efficientad")
@@ -163,17 +161,7 @@ def benchmark(
     if unknown:
         raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
-    run_id = current_run_id()
-    store = ResultStore(db)
-    store.start_run(
-        run_id,
-        flow_run_id=flow_run.get_id(),
-        dataset=dataset,
-        data_root=str(data_root or ""),
-        categories=list(categories or []),
-        models=list(models),
-        profile=profile,
-    )
+    store, run_id = open_run(db, dataset, data_root, categories, models, profile)
 
     close_abandoned_runs(store, run_id)
     spec, report = check_dataset(dataset, data_root, categories, store, run_id)

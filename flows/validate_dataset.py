@@ -159,6 +159,29 @@ def current_run_id() -> str:
     return str(flow_run.get_id() or uuid.uuid4())
 
 
+def open_run(
+    db: str,
+    dataset: str,
+    data_root: str | None,
+    categories: list[str] | None,
+    models: list[str],
+    profile: str | None,
+) -> tuple[ResultStore, str]:
+    """The store and this flow run's id, with the run recorded as `running`."""
+    run_id = current_run_id()
+    store = ResultStore(db)
+    store.start_run(
+        run_id,
+        flow_run_id=flow_run.get_id(),
+        dataset=dataset,
+        data_root=str(data_root or ""),
+        categories=list(categories or []),
+        models=models,
+        profile=profile,
+    )
+    return store, run_id
+
+
 @flow(
     name="validate-dataset",
     flow_run_name=describe_run,
@@ -173,17 +196,7 @@ def validate_dataset_flow(
     db: str = DEFAULT_DB,
 ) -> bool:
     """Validate a dataset (demo, mvtec or a folder); fail the run if any rule is broken."""
-    run_id = current_run_id()
-    store = ResultStore(db)
-    store.start_run(
-        run_id,
-        flow_run_id=flow_run.get_id(),
-        dataset=dataset,
-        data_root=str(data_root or ""),
-        categories=list(categories or []),
-        models=[],
-        profile=None,
-    )
+    store, run_id = open_run(db, dataset, data_root, categories, models=[], profile=None)
     _, report = check_dataset(dataset, data_root, categories, store, run_id)
     store.finish_run(run_id, "completed" if report.passed else "failed_validation")
     if not report.passed:
