@@ -24,19 +24,21 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from flows.validate_dataset import (
+from tasks.gate import DatasetValidationFailed, check_dataset
+from tasks.profiles import Profile, load_profile
+from tasks.report import render_report
+from tasks.results import DatasetSpec, ModelResult
+from tasks.retries import retry_transient_faults
+from tasks.runs import (
     DEFAULT_DB,
-    DatasetValidationFailed,
-    check_dataset,
     close_abandoned_runs,
     describe_run,
     mark_run_ended,
     open_run,
+    run_status,
     split_list,
 )
-from tasks.profiles import Profile, ProfileError, load_profile
-from tasks.report import render_report
-from tasks.results import DatasetError, DatasetSpec, ModelResult
+from tasks.store import DEFAULT_LOCK_TIMEOUT_S
 from tasks.training import train_and_evaluate
 
 MODELS = ("patchcore", "efficientad")
@@ -70,17 +72,6 @@ def training_cache_key(context, parameters: dict) -> str:
     return "train-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def only_infrastructure_faults(task, task_run, state) -> bool:
-    """Retry crashes of the machinery (I/O, memory, interrupted workers), never bad data."""
-    try:
-        state.result()
-    except (DatasetError, ProfileError, ValueError, TypeError):
-        return False
-    except Exception:  # noqa: BLE001 - anything else is worth one more try
-        return True
-    return False
-
-
 @task(
     name="train-and-evaluate",
     task_run_name="{model_name} on {category}",
@@ -88,7 +79,7 @@ def only_infrastructure_faults(task, task_run, state) -> bool:
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,
-    retry_condition_fn=only_infrastructure_faults,
+    retry_condition_fn=retry_transient_faults,
 )
 def train_and_evaluate_task(
     model_name: str,
@@ -140,6 +131,7 @@ def comparison_rows(results: list[ModelResult]) -> list[dict]:
     name="anomaly-benchmark",
     flow_run_name=describe_run,
     log_prints=True,
+    on_failure=[mark_run_ended],
     on_crashed=[mark_run_ended],
     on_cancellation=[mark_run_ended],
 )
@@ -153,6 +145,7 @@ def benchmark(
     db: str = DEFAULT_DB,
     output_dir: str = "runs",
     reports_dir: str = "reports",
+    db_lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> str:
     """Validate the dataset, train+evaluate every (model, category), store, report."""
     logger = get_run_logger()
@@ -161,12 +154,14 @@ def benchmark(
     if unknown:
         raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
-    store, run_id = open_run(db, dataset, data_root, categories, models, profile)
+    store, run_id = open_run(
+        db, dataset, data_root, categories, models, profile, lock_timeout_s=db_lock_timeout_s
+    )
 
     close_abandoned_runs(store, run_id)
     spec, report = check_dataset(dataset, data_root, categories, store, run_id)
     if spec is None or not report.passed:
-        store.finish_run(run_id, "failed_validation")
+        store.finish_run(run_id, "failed_validation", error=report.summary())
         raise DatasetValidationFailed(report.summary())
 
     run_dir = Path(output_dir) / run_id
@@ -185,15 +180,14 @@ def benchmark(
             )
             try:
                 result = state.result()
+                store.write_result(run_id, result)  # one transaction per cell
             except Exception as err:  # noqa: BLE001 - one failed cell must not lose the others
-                logger.error("%s on %s produced no result: %s", model, category, err)
+                logger.error("%s on %s was not stored: %s", model, category, err)
                 failed.append(f"{model}/{category}: {err}")
                 continue
-            store.write_result(run_id, result)  # one transaction per (run, model, category)
             results.append(result)
 
-    status = "completed" if not failed else "incomplete"
-    store.finish_run(run_id, status)
+    store.finish_run(run_id, run_status(failed, len(results)), error="; ".join(failed) or None)
     report_path = render_report_task(db, run_id, reports_dir)
     store.write_artifact(run_id, "*", "*", "report", str(Path(report_path).resolve()))
     create_link_artifact(

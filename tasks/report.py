@@ -24,17 +24,15 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image
 
 from tasks.charts import DASHES, PALETTE, Marker, Series, line_chart, thin
-from tasks.store import COMPARE_SQL, CORE_METRICS, HISTORY_SQL
+from tasks.store import CORE_METRICS, ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +82,15 @@ def render_html(data: dict[str, Any]) -> str:
     return env.get_template("report.html.j2").render(**data)
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     """Write to a temporary file beside `path`, then rename over it (readers never see
-    half a report)."""
+    half a report). The file gets `mode` (readable by others: reports are shared)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            os.fchmod(handle.fileno(), mode)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -105,51 +104,12 @@ def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) 
     """Everything the template shows, read from the store."""
     if not Path(db_path).is_file():
         raise FileNotFoundError(f"no results store at {db_path}: run the benchmark first")
-    with duckdb.connect(str(db_path), read_only=True) as con:
-
-        def rows(sql: str, params: Sequence[Any] = (run_id,)) -> list[dict]:
-            cursor = con.execute(sql, list(params))
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-        runs = rows("SELECT * FROM runs WHERE run_id = ?")
-        if not runs:
-            raise KeyError(f"run {run_id!r} is not in {db_path}")
-        run = runs[0]
-        results = rows("SELECT * FROM results WHERE run_id = ? ORDER BY model, category")
-        metrics = rows("SELECT * FROM metrics WHERE run_id = ? ORDER BY model, category, metric")
-        averages = rows(
-            """SELECT model, metric, avg(value) FILTER (WHERE available) AS value,
-                      count(*) FILTER (WHERE available) AS available, count(*) AS total
-               FROM metrics WHERE run_id = ? GROUP BY model, metric"""
-        )
-        latency = rows("SELECT * FROM latency WHERE run_id = ? ORDER BY model, category, idx")
-        attempts = rows(
-            "SELECT * FROM training_attempts WHERE run_id = ? ORDER BY model, category, attempt"
-        )
-        losses = rows(
-            """SELECT model, category, attempt, loss_name, list(step ORDER BY step) AS steps,
-                      list(value ORDER BY step) AS values
-               FROM losses WHERE run_id = ?
-               GROUP BY ALL ORDER BY model, category, attempt, loss_name"""
-        )
-        roc = rows(
-            """SELECT model, category, level, list(fpr ORDER BY idx) AS fpr,
-                      list(tpr ORDER BY idx) AS tpr
-               FROM roc_points WHERE run_id = ? GROUP BY ALL ORDER BY category, level, model"""
-        )
-        validations = rows(
-            "SELECT * FROM validations WHERE run_id = ? ORDER BY passed, tool, category, rule"
-        )
-        artifacts = rows("SELECT * FROM artifacts WHERE run_id = ? ORDER BY model, category, kind")
-        score_counts = rows(
-            """SELECT model, category, count(*) AS images, sum(label) AS anomalous
-               FROM scores WHERE run_id = ? GROUP BY ALL"""
-        )
-        comparison = con.execute(COMPARE_SQL, {"run_id": run_id, "tolerance": tolerance}).df()
-        history = con.execute(
-            HISTORY_SQL, {"dataset": run["dataset"], "profile": run["profile"], "limit": 20}
-        ).df()
+    data = ResultStore(db_path).report_data(run_id, tolerance)
+    run, results, metrics = data["run"], data["results"], data["metrics"]
+    averages, latency, attempts = data["averages"], data["latency"], data["attempts"]
+    losses, roc, validations = data["losses"], data["roc"], data["validations"]
+    artifacts, score_counts = data["artifacts"], data["score_counts"]
+    comparison, history = data["comparison"], data["history"]
     comparison = [_clean(r) for r in comparison.to_dict("records")]
 
     models = list(dict.fromkeys([*run["models"], *(r["model"] for r in results)]))

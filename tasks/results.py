@@ -77,12 +77,18 @@ class ValidationReport:
             return f"dataset {self.dataset}: all {len(self.rules)} rules passed"
         lines = [f"dataset {self.dataset}: {len(self.failures)} of {len(self.rules)} rules failed"]
         for r in self.failures:
-            shown = ", ".join(r.examples[:5])
+            shown = ", ".join(printable(e) for e in r.examples[:5])
             lines.append(
-                f"- [{r.tool}] {r.rule} ({r.category}): {r.message}; "
+                f"- [{r.tool}] {r.rule} ({printable(r.category)}): {printable(r.message)}; "
                 f"{r.failing_count} failing: {shown}"
             )
         return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """`text` with every non-printable character (newline, escape, NUL...) shown as its
+    Python escape, so a file name can neither break a line nor drive a terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(text))
 
 
 @dataclass

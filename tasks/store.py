@@ -6,16 +6,21 @@ with the previous comparable one (same dataset and profile) and the report can d
 trend. The schema is documented in the README.
 
 Connections are opened per call and closed at once, so other processes (the report,
-a notebook) can read the file between writes. `write_result` replaces one
-(run, model, category) in a single transaction: a crash leaves the old rows or the new
-ones, never a mix.
+a notebook) can read the file between writes. A file another process holds is waited
+for, with backoff, for `lock_timeout_s` seconds; then `StoreBusy` names the file and
+its holder. `write_result` replaces one (run, model, category) in a single transaction:
+a crash leaves the old rows or the new ones, never a mix.
+
+The file carries its schema version (`schema_version`); opening an older file applies
+the forward `MIGRATIONS` in one transaction, and a file from a newer release is refused
+with `SchemaError` before anything is written.
 
 Example:
     >>> store = ResultStore(tmp_path / "results.duckdb")
     >>> store.start_run("r1", flow_run_id=None, dataset="demo", data_root="data/demo",
     ...                 categories=["demo_grid"], models=["patchcore"], profile="quick")
     >>> store.write_result("r1", model_result)
-    >>> store.finish_run("r1", "completed")
+    >>> store.finish_run("r1", "completed")  # or ("incomplete", error="...")
     >>> store.compare_with_previous("r1")  # DataFrame: value, previous_value, delta, regression
 """
 
@@ -26,14 +31,16 @@ import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pandas as pd
@@ -57,7 +64,15 @@ RESULT_TABLES = (
     "artifacts",
 )
 
+# The latest schema, for a new file. A change here needs a step in MIGRATIONS (and
+# SCHEMA_VERSION raised) so that existing files get it too; tests/test_store.py checks
+# that a migrated version-1 file ends up with exactly these columns.
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version     INTEGER PRIMARY KEY,
+    applied_at  TIMESTAMP NOT NULL,   -- UTC
+    code_version VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
     run_id        VARCHAR PRIMARY KEY,
     flow_run_id   VARCHAR,
@@ -72,7 +87,8 @@ CREATE TABLE IF NOT EXISTS runs (
     code_version  VARCHAR NOT NULL,
     dataset_hash  VARCHAR NOT NULL DEFAULT '',
     dataset_notes VARCHAR[] NOT NULL DEFAULT [],
-    environment   JSON
+    environment   JSON,
+    error         VARCHAR               -- why the run did not complete, NULL if it did
 );
 CREATE TABLE IF NOT EXISTS validations (
     run_id        VARCHAR NOT NULL,
@@ -176,6 +192,10 @@ CREATE TABLE IF NOT EXISTS artifacts (
     kind     VARCHAR NOT NULL,      -- e.g. overlay_best_0, overlay_worst_0, checkpoint
     path     VARCHAR NOT NULL
 );
+"""
+
+# Recreated after every migration, so a view always reads the current tables.
+VIEWS = """
 CREATE OR REPLACE VIEW metrics_wide AS
 SELECT
     run_id, model, category,
@@ -188,18 +208,33 @@ FROM metrics
 GROUP BY run_id, model, category;
 """
 
+SCHEMA_VERSION = 2
+
+# Forward migrations: MIGRATIONS[n] takes a version n-1 file to version n. Version 1 is
+# the first released schema (no schema_version table). Steps run in one transaction.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        """CREATE TABLE schema_version (
+               version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL,
+               code_version VARCHAR NOT NULL)""",
+        "ALTER TABLE runs ADD COLUMN error VARCHAR",
+    ],
+}
+
+# Runs are comparable when they read the same data (same root, same manifest hash) with
+# the same profile; only completed runs serve as the earlier side.
 COMPARE_SQL = """
 WITH current_metrics AS (
-    SELECT r.run_id, r.dataset, coalesce(r.profile, '') AS profile, r.started_at,
-           m.model, m.category, m.metric, m.value
+    SELECT r.run_id, r.data_root, r.dataset_hash, coalesce(r.profile, '') AS profile,
+           r.started_at, m.model, m.category, m.metric, m.value
     FROM runs r JOIN metrics m USING (run_id)
     WHERE r.run_id = $run_id
 ),
 earlier_metrics AS (
-    SELECT r.run_id, r.dataset, coalesce(r.profile, '') AS profile, r.started_at,
-           m.model, m.category, m.metric, m.value
+    SELECT r.run_id, r.data_root, r.dataset_hash, coalesce(r.profile, '') AS profile,
+           r.started_at, m.model, m.category, m.metric, m.value
     FROM runs r JOIN metrics m USING (run_id)
-    WHERE r.status = 'completed' AND r.run_id <> $run_id
+    WHERE r.status = 'completed' AND r.run_id <> $run_id AND r.dataset_hash <> ''
 )
 SELECT
     c.model, c.category, c.metric,
@@ -211,18 +246,25 @@ SELECT
     coalesce(p.value - c.value > $tolerance, false) AS regression
 FROM current_metrics c
 ASOF LEFT JOIN earlier_metrics p
-    ON  p.dataset = c.dataset AND p.profile = c.profile
+    ON  p.data_root = c.data_root AND p.dataset_hash = c.dataset_hash
+    AND p.profile = c.profile
     AND p.model = c.model AND p.category = c.category AND p.metric = c.metric
     AND c.started_at > p.started_at
 ORDER BY c.model, c.category, c.metric
 """
 
 HISTORY_SQL = """
-WITH recent_runs AS (
-    SELECT run_id, started_at, status, code_version
-    FROM runs
-    WHERE dataset = $dataset AND profile IS NOT DISTINCT FROM $profile
-    ORDER BY started_at DESC
+WITH this_run AS (
+    SELECT data_root, dataset_hash, profile, started_at FROM runs WHERE run_id = $run_id
+),
+recent_runs AS (
+    SELECT r.run_id, r.started_at, r.status, r.code_version
+    FROM runs r, this_run t
+    WHERE r.run_id = $run_id OR (
+        r.status = 'completed' AND t.dataset_hash <> ''
+        AND r.data_root = t.data_root AND r.dataset_hash = t.dataset_hash
+        AND r.profile IS NOT DISTINCT FROM t.profile AND r.started_at <= t.started_at)
+    ORDER BY r.started_at DESC
     LIMIT $limit
 )
 SELECT r.run_id, r.started_at, r.status, r.code_version, w.model, w.category,
@@ -231,34 +273,160 @@ FROM recent_runs r JOIN metrics_wide w USING (run_id)
 ORDER BY r.started_at, w.model, w.category
 """
 
+# What the HTML report shows of one run ($run_id), table by table.
+REPORT_SQL = {
+    "results": "SELECT * FROM results WHERE run_id = $run_id ORDER BY model, category",
+    "metrics": "SELECT * FROM metrics WHERE run_id = $run_id ORDER BY model, category, metric",
+    "averages": """
+        SELECT model, metric, avg(value) FILTER (WHERE available) AS value,
+               count(*) FILTER (WHERE available) AS available, count(*) AS total
+        FROM metrics WHERE run_id = $run_id GROUP BY model, metric""",
+    "latency": "SELECT * FROM latency WHERE run_id = $run_id ORDER BY model, category, idx",
+    "attempts": """
+        SELECT * FROM training_attempts WHERE run_id = $run_id
+        ORDER BY model, category, attempt""",
+    "losses": """
+        SELECT model, category, attempt, loss_name, list(step ORDER BY step) AS steps,
+               list(value ORDER BY step) AS values
+        FROM losses WHERE run_id = $run_id
+        GROUP BY ALL ORDER BY model, category, attempt, loss_name""",
+    "roc": """
+        SELECT model, category, level, list(fpr ORDER BY idx) AS fpr,
+               list(tpr ORDER BY idx) AS tpr
+        FROM roc_points WHERE run_id = $run_id
+        GROUP BY ALL ORDER BY category, level, model""",
+    "validations": """
+        SELECT * FROM validations WHERE run_id = $run_id
+        ORDER BY passed, tool, category, rule""",
+    "artifacts": """
+        SELECT * FROM artifacts WHERE run_id = $run_id ORDER BY model, category, kind""",
+    "score_counts": """
+        SELECT model, category, count(*) AS images, sum(label) AS anomalous
+        FROM scores WHERE run_id = $run_id GROUP BY ALL""",
+}
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+T = TypeVar("T")
+Operation = Callable[[duckdb.DuckDBPyConnection], T]
+
+
+class StoreBusy(RuntimeError):
+    """Another process held the DuckDB file for longer than the store waits for it."""
+
+
+class SchemaError(RuntimeError):
+    """The file is not a results store this code can use (newer schema, failed migration)."""
+
 
 class ResultStore:
-    """A DuckDB file holding every benchmark run; see the README for the tables."""
+    """A DuckDB file holding every benchmark run; see the README for the tables.
 
-    def __init__(self, db_path: str | Path) -> None:
+    Opening it creates the file, or brings an older file's schema up to date, or refuses
+    a file it cannot use (`SchemaError`), so a bad store is found before any training.
+    `lock_timeout_s`: how long every call waits for a file another process holds."""
+
+    def __init__(self, db_path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.db_path = Path(db_path)
+        self.lock_timeout_s = float(lock_timeout_s)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute(SCHEMA)
+        self._ensure_schema()
 
-    @contextmanager
-    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(str(self.db_path), read_only=read_only)
-        try:
-            yield con
-        finally:
-            con.close()
+    # ---- connections -------------------------------------------------------------------
 
-    @contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._connect() as con:
+    def _run(self, operation: Operation[T], *, read_only: bool = False) -> T:
+        """Run `operation` on a fresh connection, waiting out other processes' locks with
+        exponential backoff for at most `lock_timeout_s`."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=read_only)
+                try:
+                    return operation(con)
+                finally:
+                    con.close()
+            except (duckdb.IOException, duckdb.ConnectionException) as err:
+                if not _is_lock_conflict(err):
+                    raise
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise StoreBusy(_busy_message(self.db_path, err, self.lock_timeout_s)) from err
+                log.info("results store %s is busy, retrying: %s", self.db_path, err)
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 1.0)
+
+    def _write(self, operation: Operation[T]) -> T:
+        """`operation` in one transaction: all of its statements or none of them."""
+
+        def in_transaction(con: duckdb.DuckDBPyConnection) -> T:
             con.execute("BEGIN TRANSACTION")
             try:
-                yield con
+                result = operation(con)
             except BaseException:
-                con.execute("ROLLBACK")
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+            return result
+
+        return self._run(in_transaction)
+
+    def _read(self, operation: Operation[T]) -> T:
+        return self._run(operation, read_only=True)
+
+    # ---- schema ------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The file's schema version: 0 for an empty file, 1 for a file from before
+        versions were recorded."""
+        if not self.db_path.exists():
+            return 0
+        return self._read(_schema_version)
+
+    def _ensure_schema(self) -> None:
+        version = self.schema_version()
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"results store {self.db_path} has schema version {version}, newer than "
+                f"this code's {SCHEMA_VERSION}: use a newer release or another --db file"
+            )
+
+        def create_or_migrate(con: duckdb.DuckDBPyConnection) -> int:
+            found = _schema_version(con)  # again, inside the transaction
+            if found == 0:
+                con.execute(SCHEMA)
+                steps = [SCHEMA_VERSION]
+            else:
+                steps = list(range(found + 1, SCHEMA_VERSION + 1))
+                for step in steps:
+                    for sql in MIGRATIONS[step]:
+                        con.execute(sql)
+            con.execute(VIEWS)
+            code_version = detect_code_version()
+            for step in steps:
+                con.execute(
+                    "INSERT INTO schema_version (version, applied_at, code_version) "
+                    "VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    [step, _utcnow(), code_version],
+                )
+            return found
+
+        try:
+            found = self._write(create_or_migrate)
+        except duckdb.Error as err:
+            raise SchemaError(
+                f"results store {self.db_path} (schema version {version}) could not be "
+                f"migrated to version {SCHEMA_VERSION}, nothing was changed: {err}"
+            ) from err
+        if found:
+            log.warning(
+                "migrated results store %s from schema version %d to %d",
+                self.db_path,
+                found,
+                SCHEMA_VERSION,
+            )
 
     # ---- writing -----------------------------------------------------------------------
 
@@ -278,15 +446,29 @@ class ResultStore:
         started_at: datetime | None = None,
     ) -> None:
         """Record a run as `running`. Starting the same run_id again updates its row
-        (status back to running, ended_at cleared) and keeps the first start time."""
+        (status back to running, ended_at and error cleared) and keeps the first start
+        time."""
         environment = environment if environment is not None else collect_environment()
-        with self._connect() as con:
-            con.execute(
+        params = [
+            run_id,
+            flow_run_id,
+            started_at or _utcnow(),
+            dataset,
+            str(data_root),
+            list(categories),
+            list(models),
+            profile,
+            code_version or detect_code_version(),
+            dataset_hash,
+            json.dumps(environment, default=str),
+        ]
+        self._write(
+            lambda con: con.execute(
                 """
                 INSERT INTO runs (run_id, flow_run_id, started_at, ended_at, dataset,
                     data_root, categories, models, profile, status, code_version,
-                    dataset_hash, environment)
-                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', ?, ?, ?)
+                    dataset_hash, environment, error)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', ?, ?, ?, NULL)
                 ON CONFLICT (run_id) DO UPDATE SET
                     flow_run_id = excluded.flow_run_id, ended_at = NULL,
                     dataset = excluded.dataset, data_root = excluded.data_root,
@@ -294,25 +476,18 @@ class ResultStore:
                     profile = excluded.profile, status = 'running',
                     code_version = excluded.code_version,
                     dataset_hash = excluded.dataset_hash,
-                    environment = excluded.environment
+                    environment = excluded.environment, error = NULL
                 """,
-                [
-                    run_id,
-                    flow_run_id,
-                    started_at or _utcnow(),
-                    dataset,
-                    str(data_root),
-                    list(categories),
-                    list(models),
-                    profile,
-                    code_version or detect_code_version(),
-                    dataset_hash,
-                    json.dumps(environment, default=str),
-                ],
+                params,
             )
+        )
 
-    def write_validations(self, run_id: str, report: ValidationReport) -> None:
-        """Replace the run's validation rows with the report's rules (one transaction)."""
+    def write_validations(
+        self, run_id: str, report: ValidationReport, data_root: str | Path | None = None
+    ) -> None:
+        """Replace the run's validation rows with the report's rules (one transaction).
+        `data_root`: where the validated data was found (recorded on the run, with the
+        report's dataset hash: together they say which data the run read)."""
         checked_at = _utcnow()
         rows = [
             (
@@ -329,136 +504,233 @@ class ResultStore:
             )
             for r in report.rules
         ]
-        with self._transaction() as con:
+        root = str(data_root) if data_root is not None else None
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
             con.execute("DELETE FROM validations WHERE run_id = ?", [run_id])
             if rows:
-                con.executemany("INSERT INTO validations VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                con.executemany(
+                    """INSERT INTO validations (run_id, dataset, category, tool, rule,
+                           passed, failing_count, examples, message, checked_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    rows,
+                )
             con.execute(
                 """UPDATE runs SET dataset_notes = ?,
-                       dataset_hash = CASE WHEN ? <> '' THEN ? ELSE dataset_hash END
+                       dataset_hash = CASE WHEN ? <> '' THEN ? ELSE dataset_hash END,
+                       data_root = coalesce(?, data_root)
                    WHERE run_id = ?""",
-                [list(report.notes), report.dataset_hash, report.dataset_hash, run_id],
+                [list(report.notes), report.dataset_hash, report.dataset_hash, root, run_id],
             )
+
+        self._write(write)
 
     def write_result(self, run_id: str, result: ModelResult) -> None:
         """Replace everything stored for (run, model, category) in one transaction."""
-        key = (run_id, result.model, result.category)
-        with self._transaction() as con:
-            for table in RESULT_TABLES:
-                con.execute(
-                    f"DELETE FROM {table} WHERE run_id = ? AND model = ? AND category = ?", key
-                )
-            _insert_result_row(con, key, result)
-            _insert_attempts(con, key, result)
-            _insert_metrics(con, key, result)
-            _insert_columns(
-                con,
-                "roc_points",
-                key,
-                {
-                    "level": ("VARCHAR", [p[0] for p in result.roc_points]),
-                    "idx": ("INTEGER", list(range(len(result.roc_points)))),
-                    "fpr": ("DOUBLE", [float(p[1]) for p in result.roc_points]),
-                    "tpr": ("DOUBLE", [float(p[2]) for p in result.roc_points]),
-                },
-            )
-            _insert_columns(
-                con,
-                "scores",
-                key,
-                {
-                    "path": ("VARCHAR", [str(s["path"]) for s in result.scores]),
-                    "label": ("INTEGER", [_label(s.get("label")) for s in result.scores]),
-                    "defect_type": ("VARCHAR", [s.get("defect_type") for s in result.scores]),
-                    "score": ("DOUBLE", [_float(s.get("score")) for s in result.scores]),
-                },
-            )
-            lat = result.latency
-            _insert_columns(
-                con,
-                "latency",
-                key,
-                {
-                    "idx": ("INTEGER", list(range(len(lat)))),
-                    "path": ("VARCHAR", [x.path for x in lat]),
-                    "batch_size": ("INTEGER", [x.batch_size for x in lat]),
-                    "device": ("VARCHAR", [x.device for x in lat]),
-                    "threads": ("INTEGER", [x.threads for x in lat]),
-                    "precision": ("VARCHAR", [x.precision for x in lat]),
-                    "p50_ms": ("DOUBLE", [x.p50_ms for x in lat]),
-                    "p95_ms": ("DOUBLE", [x.p95_ms for x in lat]),
-                    "throughput_ips": ("DOUBLE", [x.throughput_ips for x in lat]),
-                    "peak_memory_mb": ("DOUBLE", [x.peak_memory_mb for x in lat]),
-                },
-            )
-            _insert_columns(
-                con,
-                "artifacts",
-                key,
-                {
-                    "kind": ("VARCHAR", list(result.artifacts)),
-                    "path": ("VARCHAR", [str(p) for p in result.artifacts.values()]),
-                },
-            )
+        self._write(lambda con: _replace_result(con, run_id, result))
         log.info("stored %s/%s for run %s", result.model, result.category, run_id)
 
     def write_artifact(self, run_id: str, model: str, category: str, kind: str, path) -> None:
         """Add one artifact, replacing an earlier one of the same kind."""
-        with self._transaction() as con:
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(
                 "DELETE FROM artifacts WHERE run_id=? AND model=? AND category=? AND kind=?",
                 [run_id, model, category, kind],
             )
             con.execute(
-                "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO artifacts (run_id, model, category, kind, path) "
+                "VALUES (?, ?, ?, ?, ?)",
                 [run_id, model, category, kind, str(path)],
             )
 
-    def discard_partial_run(self, run_id: str) -> None:
-        """A run that died midway: mark it `crashed` and delete its per-model rows in one
-        transaction (its validations stay: the data was checked), so nothing partial is
-        left to be read as a result."""
-        with self._transaction() as con:
-            for table in RESULT_TABLES:
-                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-            con.execute(
-                "UPDATE runs SET status = 'crashed', ended_at = ? WHERE run_id = ?",
-                [_utcnow(), run_id],
-            )
+        self._write(write)
 
-    def finish_run(self, run_id: str, status: str) -> None:
-        with self._connect() as con:
-            updated = con.execute(
-                "UPDATE runs SET status = ?, ended_at = ? WHERE run_id = ? RETURNING run_id",
-                [status, _utcnow(), run_id],
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Record how the run ended (`completed`, `incomplete`, `failed`, ...) and why."""
+
+        def write(con: duckdb.DuckDBPyConnection) -> list:
+            return con.execute(
+                "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? "
+                "RETURNING run_id",
+                [status, _utcnow(), error, run_id],
             ).fetchall()
-        if not updated:
+
+        if not self._write(write):
             raise KeyError(f"run {run_id!r} was never started in {self.db_path}")
+
+    def close_if_running(self, run_id: str, status: str, error: str | None = None) -> bool:
+        """Label a run that is still `running` as ended (`crashed`, `failed`, ...); its
+        stored cells stay, each was written whole. A run that already recorded its end
+        keeps it. Returns whether the run was closed."""
+
+        def write(con: duckdb.DuckDBPyConnection) -> list:
+            return con.execute(
+                """UPDATE runs SET status = ?, ended_at = ?, error = coalesce(error, ?)
+                   WHERE run_id = ? AND status = 'running' RETURNING run_id""",
+                [status, _utcnow(), error, run_id],
+            ).fetchall()
+
+        return bool(self._write(write))
 
     # ---- reading -----------------------------------------------------------------------
 
+    def running_runs(self, except_run_id: str | None = None) -> list[tuple[str, str | None]]:
+        """(run_id, flow_run_id) of every run still marked `running`."""
+        return self._read(
+            lambda con: con.execute(
+                "SELECT run_id, flow_run_id FROM runs WHERE status = 'running' "
+                "AND run_id IS DISTINCT FROM ? ORDER BY started_at",
+                [except_run_id],
+            ).fetchall()
+        )
+
     def compare_with_previous(self, run_id: str, tolerance: float = 0.02) -> pd.DataFrame:
         """Each (model, category, metric) of the run beside the latest earlier completed
-        run of the same dataset and profile that has it; `regression` when the value
-        dropped by more than `tolerance` (all stored metrics are higher-is-better)."""
-        with self._connect(read_only=True) as con:
-            return con.execute(COMPARE_SQL, {"run_id": run_id, "tolerance": tolerance}).df()
+        run of the same data (root and dataset hash) and profile that has it;
+        `regression` when the value dropped by more than `tolerance` (all stored metrics
+        are higher-is-better)."""
+        return self._read(
+            lambda con: con.execute(COMPARE_SQL, {"run_id": run_id, "tolerance": tolerance}).df()
+        )
 
-    def history(self, dataset: str, profile: str | None, limit: int = 20) -> pd.DataFrame:
-        """One row per (run, model, category) of the last `limit` runs of this dataset
-        and profile, oldest first, with the headline metrics (for trend charts)."""
-        with self._connect(read_only=True) as con:
-            return con.execute(
-                HISTORY_SQL, {"dataset": dataset, "profile": profile, "limit": limit}
+    def history(self, run_id: str, limit: int = 20) -> pd.DataFrame:
+        """One row per (run, model, category) of the last `limit` completed runs of the
+        same data and profile up to this run (which is always included), oldest first,
+        with the headline metrics (for trend charts)."""
+        return self._read(
+            lambda con: con.execute(HISTORY_SQL, {"run_id": run_id, "limit": limit}).df()
+        )
+
+    def report_data(self, run_id: str, tolerance: float = 0.02) -> dict[str, Any]:
+        """Everything the HTML report shows of one run, read in one connection: `run`
+        (a dict), a list of row dicts per REPORT_SQL entry, and the `comparison` and
+        `history` DataFrames."""
+
+        def read(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+            runs = _rows(con, "SELECT * FROM runs WHERE run_id = $run_id", run_id)
+            if not runs:
+                raise KeyError(f"run {run_id!r} is not in {self.db_path}")
+            data: dict[str, Any] = {"run": runs[0]}
+            for name, sql in REPORT_SQL.items():
+                data[name] = _rows(con, sql, run_id)
+            data["comparison"] = con.execute(
+                COMPARE_SQL, {"run_id": run_id, "tolerance": tolerance}
             ).df()
+            data["history"] = con.execute(HISTORY_SQL, {"run_id": run_id, "limit": 20}).df()
+            return data
+
+        return self._read(read)
 
     def query(self, sql: str, params: Sequence[Any] | dict | None = None) -> pd.DataFrame:
-        """Read-only SQL against the store (for the report, tests and notebooks)."""
-        with self._connect(read_only=True) as con:
-            return con.execute(sql, params).df()
+        """Read-only SQL against the store (for tests and notebooks)."""
+        return self._read(lambda con: con.execute(sql, params).df())
+
+
+# ---- connections and schema --------------------------------------------------------------
+
+
+def _is_lock_conflict(err: duckdb.Error) -> bool:
+    """Another process holds the file's lock, or this process has it open differently."""
+    text = str(err)
+    return "Could not set lock" in text or "different configuration" in text
+
+
+def _busy_message(db_path: Path, err: duckdb.Error, timeout_s: float) -> str:
+    holder = re.search(r"lock is held in (.+?) \(PID (\d+)\)", str(err))
+    who = f"{holder.group(1)} (PID {holder.group(2)})" if holder else "another connection"
+    return (
+        f"results store {db_path} is busy: {who} held it for more than {timeout_s:g} s. "
+        "Close that program (a DuckDB CLI, a notebook, another benchmark run) or wait "
+        "longer (db_lock_timeout_s)"
+    )
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    tables = {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'main' AND table_catalog = current_database()"
+        ).fetchall()
+    }
+    if "schema_version" in tables:
+        return int(con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+    if "runs" in tables:
+        return 1
+    if not tables:
+        return 0
+    raise SchemaError(
+        f"results store {con.execute('SELECT current_database()').fetchone()[0]} holds "
+        f"tables {sorted(tables)} but no benchmark runs: not a results store"
+    )
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, run_id: str) -> list[dict]:
+    cursor = con.execute(sql, {"run_id": run_id})
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 # ---- row builders ------------------------------------------------------------------------
+
+
+def _replace_result(con: duckdb.DuckDBPyConnection, run_id: str, result: ModelResult) -> None:
+    key = (run_id, result.model, result.category)
+    for table in RESULT_TABLES:
+        con.execute(f"DELETE FROM {table} WHERE run_id = ? AND model = ? AND category = ?", key)
+    _insert_result_row(con, key, result)
+    _insert_attempts(con, key, result)
+    _insert_metrics(con, key, result)
+    _insert_columns(
+        con,
+        "roc_points",
+        key,
+        {
+            "level": ("VARCHAR", [p[0] for p in result.roc_points]),
+            "idx": ("INTEGER", list(range(len(result.roc_points)))),
+            "fpr": ("DOUBLE", [float(p[1]) for p in result.roc_points]),
+            "tpr": ("DOUBLE", [float(p[2]) for p in result.roc_points]),
+        },
+    )
+    _insert_columns(
+        con,
+        "scores",
+        key,
+        {
+            "path": ("VARCHAR", [str(s["path"]) for s in result.scores]),
+            "label": ("INTEGER", [_label(s.get("label")) for s in result.scores]),
+            "defect_type": ("VARCHAR", [s.get("defect_type") for s in result.scores]),
+            "score": ("DOUBLE", [_float(s.get("score")) for s in result.scores]),
+        },
+    )
+    lat = result.latency
+    _insert_columns(
+        con,
+        "latency",
+        key,
+        {
+            "idx": ("INTEGER", list(range(len(lat)))),
+            "path": ("VARCHAR", [x.path for x in lat]),
+            "batch_size": ("INTEGER", [x.batch_size for x in lat]),
+            "device": ("VARCHAR", [x.device for x in lat]),
+            "threads": ("INTEGER", [x.threads for x in lat]),
+            "precision": ("VARCHAR", [x.precision for x in lat]),
+            "p50_ms": ("DOUBLE", [x.p50_ms for x in lat]),
+            "p95_ms": ("DOUBLE", [x.p95_ms for x in lat]),
+            "throughput_ips": ("DOUBLE", [x.throughput_ips for x in lat]),
+            "peak_memory_mb": ("DOUBLE", [x.peak_memory_mb for x in lat]),
+        },
+    )
+    _insert_columns(
+        con,
+        "artifacts",
+        key,
+        {
+            "kind": ("VARCHAR", list(result.artifacts)),
+            "path": ("VARCHAR", [str(p) for p in result.artifacts.values()]),
+        },
+    )
 
 
 def _insert_columns(
@@ -488,7 +760,10 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
     )
     available = any(_float(v) is not None for v in result.metrics.values())
     con.execute(
-        "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        """INSERT INTO results (run_id, model, category, profile, settings, weights,
+               weights_source, paper_configuration, device, train_seconds, status, notes,
+               written_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             *key,
             result.profile,

@@ -98,3 +98,20 @@ def shared_mvtec() -> Path:
     if not SHARED_MVTEC.is_dir():
         pytest.skip(f"real MVTec AD subset absent: expected {SHARED_MVTEC} (../shared)")
     return SHARED_MVTEC
+
+
+@pytest.fixture
+def hold_file():
+    """`hold_file(path, seconds)`: another process holds the DuckDB file (returns once it
+    does); every holder is ended after the test."""
+    from lock_holder import LockHolder
+
+    holders: list[LockHolder] = []
+
+    def hold(path: Path, seconds: float) -> LockHolder:
+        holders.append(LockHolder(path, seconds))
+        return holders[-1]
+
+    yield hold
+    for holder in holders:
+        holder.release()

@@ -1,27 +1,48 @@
-"""The DuckDB results store: schema, round trip, atomic replacement, run comparison."""
+"""The DuckDB results store: schema and migrations, round trip, atomic replacement, waiting
+for a file another process holds, run comparison."""
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 import duckdb
 import pytest
 from store_samples import model_result, validation_report
+from store_v1 import create_v1_store
 
 from tasks.results import LatencyResult
-from tasks.store import RESULT_TABLES, ResultStore
+from tasks.store import (
+    MIGRATIONS,
+    RESULT_TABLES,
+    SCHEMA_VERSION,
+    ResultStore,
+    SchemaError,
+    StoreBusy,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
+DATA_HASH = "ab" * 32
 
 
-def start(store: ResultStore, run_id: str, *, dataset="demo", profile="quick", day=0):
+def start(
+    store: ResultStore,
+    run_id: str,
+    *,
+    dataset="demo",
+    profile="quick",
+    day=0,
+    data_root="data/demo",
+    dataset_hash=DATA_HASH,
+):
     store.start_run(
         run_id,
         flow_run_id=f"flow-{run_id}",
         dataset=dataset,
-        data_root="data/demo",
+        data_root=data_root,
+        dataset_hash=dataset_hash,
         categories=["demo_grid", "demo_leather"],
         models=["patchcore", "efficientad"],
         profile=profile,
@@ -166,22 +187,23 @@ def test_rerunning_the_same_run_id_does_not_duplicate(tmp_path):
     assert first["runs"] == 1 and first["metrics"] == 5
 
 
-def test_discarding_a_dead_run_leaves_only_its_run_row_and_validations(tmp_path):
+def test_closing_a_dead_run_keeps_its_stored_cells(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
-    for run_id in ("dead", "alive"):
-        start(store, run_id)
-        store.write_validations(run_id, validation_report())
-        store.write_result(run_id, model_result("patchcore", "demo_grid", image_auroc=0.9))
-    store.discard_partial_run("dead")
-    assert store.query("SELECT status FROM runs WHERE run_id = 'dead'")["status"][0] == "crashed"
-    for table in RESULT_TABLES:
-        owners = set(store.query(f"SELECT DISTINCT run_id FROM {table}")["run_id"])
-        assert "dead" not in owners, table
-    assert count(store, "metrics") == 5  # the live run's rows are untouched
-    assert set(store.query("SELECT DISTINCT run_id FROM validations")["run_id"]) == {
-        "dead",
-        "alive",
-    }
+    start(store, "dead")
+    store.write_validations("dead", validation_report())
+    store.write_result("dead", model_result("patchcore", "demo_grid", image_auroc=0.9))
+    before = {t: count(store, t) for t in ("validations", *RESULT_TABLES)}
+
+    assert store.close_if_running("dead", "crashed", "worker lost")
+    run = store.query("SELECT * FROM runs").iloc[0]
+    assert (run["status"], run["error"]) == ("crashed", "worker lost")
+    assert run["ended_at"] is not None
+    assert {t: count(store, t) for t in ("validations", *RESULT_TABLES)} == before
+    # a run that recorded its own end keeps it
+    assert not store.close_if_running("dead", "failed", "late hook")
+    assert store.query("SELECT status, error FROM runs").values.tolist() == [
+        ["crashed", "worker lost"]
+    ]
 
 
 def test_finish_run_of_an_unknown_run_fails(tmp_path):
@@ -190,8 +212,8 @@ def test_finish_run_of_an_unknown_run_fails(tmp_path):
         store.finish_run("nope", "completed")
 
 
-def _run_with(store, run_id, auroc, *, day, dataset="demo", profile="quick", status="completed"):
-    start(store, run_id, dataset=dataset, profile=profile, day=day)
+def _run_with(store, run_id, auroc, *, day, status="completed", **run):
+    start(store, run_id, day=day, **run)
     store.write_result(run_id, model_result("efficientad", "demo_grid", image_auroc=auroc))
     store.finish_run(run_id, status)
 
@@ -201,7 +223,7 @@ def test_compare_flags_a_regression_against_the_previous_comparable_run(tmp_path
     _run_with(store, "old", 0.80, day=0)
     _run_with(store, "previous", 0.95, day=1)
     _run_with(store, "failed", 0.10, day=2, status="failed")  # not completed: ignored
-    _run_with(store, "other-dataset", 0.10, day=3, dataset="mvtec")
+    _run_with(store, "other-dataset", 0.10, day=3, dataset="mvtec", data_root="/data/mvtec")
     _run_with(store, "other-profile", 0.10, day=3, profile="paper")
     _run_with(store, "current", 0.90, day=4)
     _run_with(store, "later", 0.99, day=5)  # after the current run: ignored
@@ -222,14 +244,47 @@ def test_compare_flags_a_regression_against_the_previous_comparable_run(tmp_path
     assert first["previous_run_id"].isna().all() and not first["regression"].any()
 
 
-def test_history_lists_runs_of_one_dataset_and_profile(tmp_path):
+def test_comparisons_are_keyed_by_the_data_read_not_the_dataset_kind(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    _run_with(store, "same-data", 0.95, day=0, dataset="folder", data_root="/parts/a")
+    _run_with(store, "other-root", 0.99, day=1, dataset="folder", data_root="/parts/b")
+    _run_with(
+        store,
+        "other-hash",
+        0.99,
+        day=2,
+        dataset="folder",
+        data_root="/parts/a",
+        dataset_hash="cd" * 32,
+    )
+    _run_with(
+        store, "crashed", 0.99, day=3, dataset="folder", data_root="/parts/a", status="crashed"
+    )
+    _run_with(store, "current", 0.90, day=4, dataset="folder", data_root="/parts/a")
+
+    image = store.compare_with_previous("current").set_index("metric").loc["image_auroc"]
+    assert image["previous_run_id"] == "same-data" and bool(image["regression"])
+    assert list(dict.fromkeys(store.history("current")["run_id"])) == ["same-data", "current"]
+    # without a dataset hash (the gate never finished) nothing is comparable
+    _run_with(
+        store, "unhashed", 0.5, day=5, dataset="folder", data_root="/parts/a", dataset_hash=""
+    )
+    assert store.compare_with_previous("unhashed")["previous_run_id"].isna().all()
+    assert set(store.history("unhashed")["run_id"]) == {"unhashed"}
+
+
+def test_history_lists_completed_runs_of_the_same_data_and_profile(tmp_path):
     store = ResultStore(tmp_path / "r.duckdb")
     for day in range(4):
         _run_with(store, f"run-{day}", 0.9 + day / 100, day=day)
-    _run_with(store, "mvtec", 0.5, day=9, dataset="mvtec")
-    trend = store.history("demo", "quick", limit=3)
-    assert list(trend["run_id"]) == ["run-1", "run-2", "run-3"]  # last three, oldest first
-    assert list(trend["image_auroc"]) == pytest.approx([0.91, 0.92, 0.93])
+    _run_with(store, "running", 0.5, day=4, status="running")
+    _run_with(store, "mvtec", 0.5, day=5, dataset="mvtec", data_root="/data/mvtec")
+    _run_with(store, "current", 0.95, day=6, status="incomplete")
+    _run_with(store, "later", 0.5, day=7)
+    trend = store.history("current", limit=3)
+    # the last three up to the current run, oldest first; never running or later runs
+    assert list(trend["run_id"]) == ["run-2", "run-3", "current"]
+    assert list(trend["image_auroc"]) == pytest.approx([0.92, 0.93, 0.95])
 
 
 def test_a_fallback_is_never_stored_as_the_paper_configuration(tmp_path):
@@ -243,3 +298,106 @@ def test_a_fallback_is_never_stored_as_the_paper_configuration(tmp_path):
     paper = store.query("SELECT model, paper_configuration FROM results").set_index("model")
     assert not paper.loc["patchcore", "paper_configuration"]
     assert paper.loc["efficientad", "paper_configuration"]
+
+
+# ---- schema versions ---------------------------------------------------------------------
+
+
+def columns(path) -> dict[str, list[tuple[str, str]]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "ORDER BY table_name, ordinal_position"
+        ).fetchall()
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for table, column, data_type in rows:
+        tables.setdefault(table, []).append((column, data_type))
+    return tables
+
+
+def test_a_version_1_file_is_migrated_to_the_current_schema_and_keeps_its_rows(tmp_path):
+    old, fresh = tmp_path / "old.duckdb", tmp_path / "fresh.duckdb"
+    create_v1_store(old)
+    ResultStore(fresh)
+
+    store = ResultStore(old)
+
+    assert store.schema_version() == SCHEMA_VERSION == max(MIGRATIONS)
+    # the same tables, columns and types as a file created now (a column added to the
+    # DDL without a migration step fails here)
+    assert columns(old) == columns(fresh)
+    versions = store.query("SELECT version FROM schema_version ORDER BY version")["version"]
+    assert list(versions) == list(range(2, SCHEMA_VERSION + 1))
+    old_run = store.query("SELECT * FROM runs WHERE run_id = 'old-run'").iloc[0]
+    assert old_run["status"] == "completed" and old_run["error"] is None
+    # new writes use the new columns beside the old rows
+    start(store, "r2")
+    store.write_result("r2", model_result("patchcore", "demo_grid", image_auroc=0.9))
+    store.finish_run("r2", "incomplete", error="efficientad/demo_grid: spike")
+    assert count(store, "runs") == 2 and count(store, "metrics") == 6
+    assert ResultStore(old).schema_version() == SCHEMA_VERSION  # reopening changes nothing
+
+
+def test_a_file_from_a_newer_release_is_refused_untouched(tmp_path):
+    db = tmp_path / "new.duckdb"
+    ResultStore(db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO schema_version VALUES (?, now(), 'future')", [SCHEMA_VERSION + 1])
+    before = db.read_bytes()
+    with pytest.raises(SchemaError, match=rf"{db}.*schema version {SCHEMA_VERSION + 1}"):
+        ResultStore(db)
+    assert db.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_results_store_is_refused(tmp_path):
+    db = tmp_path / "other.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(SchemaError, match="not a results store"):
+        ResultStore(db)
+
+
+def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
+    db = tmp_path / "old.duckdb"
+    create_v1_store(db)
+    broken = {**MIGRATIONS, 2: [*MIGRATIONS[2], "ALTER TABLE no_such_table ADD COLUMN x INT"]}
+    monkeypatch.setattr("tasks.store.MIGRATIONS", broken)
+    with pytest.raises(SchemaError, match=rf"{db}.*could not be migrated"):
+        ResultStore(db)
+    assert "schema_version" not in columns(db)
+    assert [c for c, _ in columns(db)["runs"]][-1] == "environment"
+
+
+# ---- another process holding the file ----------------------------------------------------
+
+
+def test_a_write_waits_for_a_process_that_holds_the_file_for_3_s(tmp_path, hold_file):
+    db = tmp_path / "r.duckdb"
+    store = ResultStore(db)
+    start(store, "r1")
+    holder = hold_file(db, 3)
+
+    store.write_result("r1", model_result("patchcore", "demo_grid", image_auroc=0.9))
+
+    assert time.monotonic() - holder.since > 2.5  # it waited, it did not fail
+    assert holder.process.wait(timeout=30) == 0
+    assert count(store, "metrics") == 5
+
+
+def test_a_file_held_too_long_fails_naming_it_and_its_holder(tmp_path, hold_file):
+    db = tmp_path / "r.duckdb"
+    store = ResultStore(db, lock_timeout_s=1)
+    start(store, "r1")
+    store.write_result("r1", model_result("patchcore", "demo_grid", image_auroc=0.9))
+    holder = hold_file(db, 60)
+
+    waited = time.monotonic()
+    with pytest.raises(StoreBusy) as busy:
+        store.write_result("r1", model_result("efficientad", "demo_grid", image_auroc=0.8))
+    assert 1 <= time.monotonic() - waited < 10
+    assert str(db) in str(busy.value) and f"PID {holder.process.pid}" in str(busy.value)
+    with pytest.raises(StoreBusy):
+        ResultStore(db, lock_timeout_s=0.5)  # opening waits the same way
+
+    holder.release()
+    assert store.query("SELECT DISTINCT model FROM metrics")["model"].tolist() == ["patchcore"]
