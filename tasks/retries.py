@@ -53,7 +53,7 @@ def is_transient(error: BaseException) -> bool:
     asset (FileNotFoundError) or an unreadable image, is not."""
     if isinstance(error, UnidentifiedImageError):  # an OSError, but about the file
         return False
-    if isinstance(error, ConnectionError | TimeoutError | _worker_loss_errors()):
+    if isinstance(error, (ConnectionError, TimeoutError, *_worker_loss_errors())):
         return True
     return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
 

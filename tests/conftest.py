@@ -115,3 +115,12 @@ def hold_file():
     yield hold
     for holder in holders:
         holder.release()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A temporary Prefect server and database for in-process flow runs in tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

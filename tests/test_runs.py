@@ -1,0 +1,235 @@
+"""The run lifecycle (tasks/runs.py) and the gate's UI artifacts (tasks/gate.py): runs that
+died are labelled and keep their stored cells, hooks close a failed run, an unusable store
+stops a run before training, file names cannot escape the markdown, and a benchmark run
+whose store stays busy ends failed, names the file and loses nothing already stored."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+from markdown_it import MarkdownIt
+from prefect.states import Cancelled, Crashed, Failed, Running
+from store_samples import model_result
+
+from tasks.gate import validation_markdown
+from tasks.results import RuleResult, ValidationReport
+from tasks.runs import close_abandoned_runs, mark_run_ended, open_run, run_status
+from tasks.store import SCHEMA_VERSION, ResultStore, SchemaError, StoreBusy
+
+
+def _start(store: ResultStore, run_id: str, flow_run_id: str | None) -> None:
+    store.start_run(
+        run_id,
+        flow_run_id=flow_run_id,
+        dataset="demo",
+        data_root="data/demo",
+        categories=["demo_grid", "demo_leather"],
+        models=["patchcore"],
+        profile="quick",
+        environment={},
+    )
+
+
+def _status(store: ResultStore) -> dict[str, tuple[str, str | None]]:
+    with duckdb.connect(str(store.db_path), read_only=True) as con:
+        rows = con.execute("SELECT run_id, status, error FROM runs").fetchall()
+    return {run_id: (status, error) for run_id, status, error in rows}
+
+
+def test_abandoned_runs_are_labelled_as_prefect_saw_them_and_keep_their_cells(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    states = {
+        "f-crashed": Crashed(message="worker process exited with code -9"),
+        "f-failed": Failed(message="StoreBusy: results store r.duckdb is busy"),
+        "f-cancelled": Cancelled(),
+        "f-running": Running(),  # still going elsewhere: left alone
+    }
+    for flow_run_id in [*states, "f-unknown"]:
+        _start(store, flow_run_id.removeprefix("f-"), flow_run_id)
+        store.write_result(
+            flow_run_id.removeprefix("f-"), model_result("patchcore", "demo_grid", image_auroc=0.9)
+        )
+    _start(store, "local", None)  # no flow run: nothing to ask Prefect about
+    _start(store, "current", "f-current")
+
+    closed = close_abandoned_runs(store, "current", state_of=states.get)
+
+    assert sorted(closed) == ["cancelled", "crashed", "failed"]
+    status = _status(store)
+    assert status["crashed"][0] == "crashed" and "exited with code -9" in status["crashed"][1]
+    assert status["failed"][0] == "failed" and "r.duckdb is busy" in status["failed"][1]
+    assert status["cancelled"][0] == "cancelled"
+    assert "closed by run current" in status["cancelled"][1]
+    for left in ("running", "unknown", "local", "current"):
+        assert status[left] == ("running", None), left
+    # every stored cell is still there
+    per_run = store.query("SELECT run_id, count(*) AS n FROM results GROUP BY run_id")
+    assert dict(per_run.itertuples(index=False)) == {
+        r: 1 for r in ("crashed", "failed", "cancelled", "running", "unknown")
+    }
+
+
+def _hook_flow_run(db: Path, run_id: str, timeout_s: float = 30) -> SimpleNamespace:
+    return SimpleNamespace(id=run_id, parameters={"db": str(db), "db_lock_timeout_s": timeout_s})
+
+
+def test_the_failure_hook_closes_a_running_run_and_keeps_a_recorded_end(tmp_path):
+    db = tmp_path / "r.duckdb"
+    store = ResultStore(db)
+    running, ended = str(uuid.uuid4()), str(uuid.uuid4())
+    _start(store, running, running)
+    _start(store, ended, ended)
+    store.finish_run(ended, "incomplete", error="efficientad/demo_grid: loss spike")
+    boom = Failed(message="Flow run encountered an exception: OSError: disk full")
+
+    mark_run_ended(None, _hook_flow_run(db, running), boom)
+    mark_run_ended(None, _hook_flow_run(db, ended), boom)
+
+    status = _status(store)
+    assert status[running] == ("failed", boom.message)
+    assert status[ended] == ("incomplete", "efficientad/demo_grid: loss spike")
+
+
+def test_the_hook_gives_up_on_a_busy_store_without_raising(tmp_path, hold_file, caplog):
+    db = tmp_path / "r.duckdb"
+    store = ResultStore(db)
+    run_id = str(uuid.uuid4())
+    _start(store, run_id, run_id)
+    hold_file(db, 60)
+    mark_run_ended(None, _hook_flow_run(db, run_id, timeout_s=0.5), Crashed())
+    assert "stays 'running'" in caplog.text and str(db) in caplog.text
+
+
+def test_run_status_says_whether_anything_was_stored():
+    assert run_status([], stored=2) == "completed"
+    assert run_status(["patchcore/a: busy"], stored=1) == "incomplete"
+    assert run_status(["patchcore/a: busy"], stored=0) == "failed"
+
+
+def test_a_store_of_a_newer_schema_stops_the_run_before_it_is_recorded(tmp_path):
+    db = tmp_path / "new.duckdb"
+    ResultStore(db)
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO schema_version VALUES (?, now(), 'future')", [SCHEMA_VERSION + 1])
+    with pytest.raises(SchemaError, match=re.escape(str(db))):
+        open_run(str(db), "demo", None, None, ["patchcore"], "quick")
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+
+
+def test_file_names_cannot_escape_the_markdown_artifact():
+    evil = "000.png\n```\n# Dataset gate PASSED\n<img src=x onerror=alert(1)>"
+    report = ValidationReport(
+        dataset="folder",
+        rules=[
+            RuleResult(
+                tool="pandera",
+                category="widget",
+                rule="file_opens_as_image",
+                passed=False,
+                failing_count=1,
+                examples=[evil],
+                message="every file decodes",
+            )
+        ],
+        notes=[f"skipped {evil}"],
+    )
+    tokens = MarkdownIt().parse(validation_markdown(report))
+    headings = [t for t in tokens if t.type == "heading_open"]
+    assert len(headings) == 1  # only the real verdict
+    (block,) = [t for t in tokens if t.type == "fence"]
+    assert "000.png\\n```\\n# Dataset gate PASSED" in block.content
+    html = MarkdownIt().render(validation_markdown(report))
+    assert "<img" not in html and "Dataset gate FAILED" in html
+
+
+# ---- one real benchmark run against a busy store -----------------------------------------
+
+# Waits until the first cell is stored, then holds the file (as a DuckDB CLI would).
+HOLD_AFTER_FIRST_CELL = """
+import sys, time
+import duckdb
+db = sys.argv[1]
+while True:
+    try:
+        with duckdb.connect(db, read_only=True) as con:
+            if con.execute("SELECT count(*) FROM results").fetchone()[0]:
+                break
+    except duckdb.Error:
+        pass
+    time.sleep(0.1)
+while True:
+    try:
+        con = duckdb.connect(db)
+        break
+    except duckdb.Error:
+        time.sleep(0.02)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_a_store_held_past_the_timeout_fails_the_run_and_loses_no_stored_cell(
+    make_dataset, tmp_path, prefect_api
+):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    from flows.benchmark import benchmark
+
+    root = make_dataset(categories=("alpha", "beta"), n_train=6, defects={"scratch": 2})
+    db = tmp_path / "bench.duckdb"
+    params = dict(
+        dataset="folder",
+        data_root=str(root),
+        models=["patchcore"],
+        overrides={
+            "patchcore": {"image_size": 64},
+            "latency_iters": 3,
+            "overlays": 1,
+            "weights_dir": str(tmp_path / "weights"),
+        },
+        db=str(db),
+        output_dir=str(tmp_path / "runs"),
+        reports_dir=str(tmp_path / "reports"),
+        db_lock_timeout_s=3,
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AFTER_FIRST_CELL, str(db)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        # a fresh result cache: a cached cell would be stored before the holder can act
+        with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "prefect-results"}):
+            state = benchmark(**params, return_state=True)
+        assert holder.poll() is None and holder.stdout.readline().strip() == "held"
+        assert state.is_failed()
+        with pytest.raises(StoreBusy, match=rf"{re.escape(str(db))} is busy: .*PID {holder.pid}"):
+            state.result()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+    store = ResultStore(db)
+    ((first_run, status),) = store.query("SELECT run_id, status FROM runs").values.tolist()
+    assert status == "running"  # the hooks found the store busy too; the next run closes it
+    stored = store.query("SELECT category FROM results WHERE run_id = ?", [first_run])
+    assert len(stored) == 1  # the first cell, written before the file was held
+
+    # the next run (here refused at the gate, before any training) closes the first one
+    next_state = benchmark(**{**params, "data_root": str(tmp_path / "missing")}, return_state=True)
+    assert next_state.is_failed()
+    status, error = store.query(
+        "SELECT status, error FROM runs WHERE run_id = ?", [first_run]
+    ).iloc[0]
+    assert status == "failed" and str(db) in error
+    after = store.query("SELECT category FROM results WHERE run_id = ?", [first_run])
+    assert after["category"].tolist() == stored["category"].tolist()
+    metrics = store.query("SELECT count(*) AS n FROM metrics WHERE run_id = ?", [first_run])
+    assert metrics["n"][0] >= 5
