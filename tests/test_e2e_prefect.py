@@ -147,7 +147,9 @@ def _stored_models(db: Path) -> set[str]:
         return set()
 
 
-def test_killed_worker_then_rerun_leaves_no_partial_rows(stack, demo_root, tmp_path):
+def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
+    stack, demo_root, tmp_path
+):
     db = tmp_path / "bench.duckdb"
     params = {
         "data_root": str(demo_root),
@@ -175,8 +177,17 @@ def test_killed_worker_then_rerun_leaves_no_partial_rows(stack, demo_root, tmp_p
     with duckdb.connect(str(db), read_only=True) as con:
         runs = dict(con.execute("select status, count(*) from runs group by status").fetchall())
         assert runs == {"crashed": 1, "completed": 1}
-        per_key = con.execute(
-            "select r.status, count(*) from metrics m join runs r using (run_id)"
-            " where metric = 'image_auroc' group by r.status"
+        per_key = dict(
+            con.execute(
+                "select r.status, count(*) from metrics m join runs r using (run_id)"
+                " where metric = 'image_auroc' group by r.status"
+            ).fetchall()
+        )
+        assert per_key["completed"] == 2  # both models once
+        # the dead run keeps the cells it stored before the kill, each one whole
+        assert per_key["crashed"] >= 1
+        dead_cells = con.execute(
+            "select m.model, count(*) from metrics m join runs r using (run_id)"
+            " where r.status = 'crashed' group by m.model"
         ).fetchall()
-        assert per_key == [("completed", 2)]  # both models once, nothing of the dead run
+        assert ("patchcore", 5) in dead_cells

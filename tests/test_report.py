@@ -114,6 +114,13 @@ def test_a_failed_write_keeps_the_previous_report(sample, monkeypatch):
     assert not list(reports.rglob("*.tmp"))
 
 
+def test_reports_are_readable_by_others(sample):
+    db, run_id, reports = sample
+    path = render_report(db, run_id, reports)
+    for written in (path, reports / "latest.html"):
+        assert written.stat().st_mode & 0o777 == 0o644, written
+
+
 def test_file_names_and_examples_are_escaped(sample):
     db, run_id, reports = sample
     html = render_report(db, run_id, reports).read_text()
