@@ -4,7 +4,9 @@ store every result in DuckDB, and render the HTML comparison report.
     python -m flows.benchmark --dataset demo --models patchcore,efficientad --profile quick
 
 It exits 0 when every (model, category) produced results. The flow is the only writer
-of the DuckDB file; training tasks return values to it.
+of the DuckDB file; training tasks return values to it. A cell whose training or storing
+fails is listed in the run's `error`, the other cells go on, and the run ends
+`incomplete` (or `failed` when nothing was stored).
 """
 
 from __future__ import annotations
@@ -226,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     parser.add_argument("--output-dir", default="runs", help="models and overlays go here")
     parser.add_argument("--reports-dir", default="reports", help="HTML reports go here")
+    parser.add_argument(
+        "--db-lock-timeout-s",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        help="how long to wait for a DuckDB file another program holds (seconds)",
+    )
     args = parser.parse_args(argv)
     state = benchmark(
         dataset=args.dataset,
@@ -237,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         db=args.db,
         output_dir=args.output_dir,
         reports_dir=args.reports_dir,
+        db_lock_timeout_s=args.db_lock_timeout_s,
         return_state=True,
     )
     if state.is_completed():

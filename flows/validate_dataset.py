@@ -58,12 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="dataset root (demo: data/demo)")
     parser.add_argument("--categories", default=None, help="comma-separated, default: all")
     parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
+    parser.add_argument(
+        "--db-lock-timeout-s",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        help="how long to wait for a DuckDB file another program holds (seconds)",
+    )
     args = parser.parse_args(argv)
     state = validate_dataset_flow(
         dataset=args.dataset,
         data_root=args.data_root,
         categories=split_list(args.categories),
         db=args.db,
+        db_lock_timeout_s=args.db_lock_timeout_s,
         return_state=True,
     )
     if state.is_completed():
