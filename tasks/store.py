@@ -381,7 +381,7 @@ class ResultStore:
         versions were recorded."""
         if not self.db_path.exists():
             return 0
-        return self._read(_schema_version)
+        return self._read(lambda con: _schema_version(con, self.db_path))
 
     def _ensure_schema(self) -> None:
         version = self.schema_version()
@@ -394,7 +394,7 @@ class ResultStore:
             )
 
         def create_or_migrate(con: duckdb.DuckDBPyConnection) -> int:
-            found = _schema_version(con)  # again, inside the transaction
+            found = _schema_version(con, self.db_path)  # again, inside the transaction
             if found == 0:
                 con.execute(SCHEMA)
                 steps = [SCHEMA_VERSION]
@@ -646,7 +646,7 @@ def _busy_message(db_path: Path, err: duckdb.Error, timeout_s: float) -> str:
     )
 
 
-def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+def _schema_version(con: duckdb.DuckDBPyConnection, db_path: Path) -> int:
     tables = {
         row[0]
         for row in con.execute(
@@ -661,8 +661,8 @@ def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
     if not tables:
         return 0
     raise SchemaError(
-        f"results store {con.execute('SELECT current_database()').fetchone()[0]} holds "
-        f"tables {sorted(tables)} but no benchmark runs: not a results store"
+        f"{db_path} holds tables {sorted(tables)} but no `runs` table: not a results "
+        "store; pass another --db file"
     )
 
 
