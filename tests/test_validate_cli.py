@@ -17,7 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _validate(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PYTHONUNBUFFERED="1",
+        # the temporary server may take longer than the default 20 s on 2 loaded cores
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    )
     env.pop("PREFECT_API_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "flows.validate_dataset", *args],
