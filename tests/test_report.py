@@ -14,6 +14,7 @@ from store_samples import EVIL_NAME, build_sample_store
 
 import tasks.report as report_module
 from tasks.report import render_report
+from tasks.store import ResultStore
 
 
 class CellReader(HTMLParser):
@@ -112,6 +113,14 @@ def test_a_failed_write_keeps_the_previous_report(sample, monkeypatch):
         render_report(db, "run-0001", reports)
     assert (reports / "latest.html").read_text() == before
     assert not list(reports.rglob("*.tmp"))
+
+
+def test_an_incomplete_run_says_why(tmp_path):
+    db = tmp_path / "results.duckdb"
+    run_id = build_sample_store(db, tmp_path / "overlays")
+    ResultStore(db).finish_run(run_id, "incomplete", error="efficientad/demo_grid: <busy>")
+    html = render_report(db, run_id, tmp_path / "reports").read_text()
+    assert 'id="run-error">efficientad/demo_grid: &lt;busy&gt;</dd>' in html
 
 
 def test_reports_are_readable_by_others(sample):
