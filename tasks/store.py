@@ -334,8 +334,9 @@ class ResultStore:
     # ---- connections -------------------------------------------------------------------
 
     def _run(self, operation: Operation[T], *, read_only: bool = False) -> T:
-        """Run `operation` on a fresh connection, waiting out other processes' locks with
-        exponential backoff for at most `lock_timeout_s`."""
+        """Run `operation` on a fresh connection, waiting out other processes' locks (and
+        rerunning it after a conflict with a concurrent transaction) with exponential
+        backoff for at most `lock_timeout_s`."""
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
@@ -345,8 +346,12 @@ class ResultStore:
                     return operation(con)
                 finally:
                     con.close()
-            except (duckdb.IOException, duckdb.ConnectionException) as err:
-                if not _is_lock_conflict(err):
+            except (
+                duckdb.IOException,
+                duckdb.ConnectionException,
+                duckdb.TransactionException,
+            ) as err:
+                if not _is_conflict(err):
                     raise
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -630,10 +635,12 @@ class ResultStore:
 # ---- connections and schema --------------------------------------------------------------
 
 
-def _is_lock_conflict(err: duckdb.Error) -> bool:
-    """Another process holds the file's lock, or this process has it open differently."""
-    text = str(err)
-    return "Could not set lock" in text or "different configuration" in text
+def _is_conflict(err: duckdb.Error) -> bool:
+    """Another process holds the file's lock, this process has it open differently, or
+    a concurrent transaction touched the same rows (rolled back: safe to run again)."""
+    if isinstance(err, duckdb.TransactionException):
+        return "conflict" in str(err).lower()
+    return "Could not set lock" in str(err) or "different configuration" in str(err)
 
 
 def _busy_message(db_path: Path, err: duckdb.Error, timeout_s: float) -> str:

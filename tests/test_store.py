@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -404,3 +405,24 @@ def test_a_file_held_too_long_fails_naming_it_and_its_holder(tmp_path, hold_file
 
     holder.release()
     assert store.query("SELECT DISTINCT model FROM metrics")["model"].tolist() == ["patchcore"]
+
+
+def test_concurrent_writes_of_one_cell_in_one_process_all_land(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    start(store, "r1")
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        for _ in range(3):
+            try:
+                store.write_result("r1", model_result("patchcore", "demo_grid", image_auroc=0.9))
+            except BaseException as err:  # noqa: BLE001 - collected for the assertion
+                errors.append(err)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []  # a write-write conflict is rerun, not raised
+    assert count(store, "metrics") == 5 and count(store, "results") == 1
