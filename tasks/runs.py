@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prefect.runtime import flow_run
 
-from tasks.store import DEFAULT_LOCK_TIMEOUT_S, ResultStore, StoreBusy
+from tasks.store import DEFAULT_LOCK_TIMEOUT_S, ResultStore, SchemaError, StoreBusy
 
 DEFAULT_DB = "results/benchmark.duckdb"
 
@@ -81,14 +82,16 @@ def mark_run_ended(flow, flow_run, state) -> None:
     When the store stays busy, the run stays `running` and the next run closes it
     (`close_abandoned_runs`)."""
     params = flow_run.parameters or {}
+    db = Path(params.get("db", DEFAULT_DB))
+    if not db.exists():  # the run failed before it was recorded
+        return
     status = ENDED_STATUS.get(state.type.value, state.type.value.lower())
     try:
         store = ResultStore(
-            params.get("db", DEFAULT_DB),
-            lock_timeout_s=params.get("db_lock_timeout_s", DEFAULT_LOCK_TIMEOUT_S),
+            db, lock_timeout_s=params.get("db_lock_timeout_s", DEFAULT_LOCK_TIMEOUT_S)
         )
         store.close_if_running(str(flow_run.id), status, state.message or None)
-    except StoreBusy as err:
+    except (StoreBusy, SchemaError) as err:
         log.error(
             "run %s stays 'running' in the store; the next run closes it: %s", flow_run.id, err
         )

@@ -107,6 +107,12 @@ def test_the_hook_gives_up_on_a_busy_store_without_raising(tmp_path, hold_file, 
     assert "stays 'running'" in caplog.text and str(db) in caplog.text
 
 
+def test_the_hook_of_a_run_that_never_opened_the_store_creates_no_file(tmp_path):
+    db = tmp_path / "results" / "bench.duckdb"
+    mark_run_ended(None, _hook_flow_run(db, str(uuid.uuid4())), Failed(message="bad profile"))
+    assert not db.parent.exists()
+
+
 def test_run_status_says_whether_anything_was_stored():
     assert run_status([], stored=2) == "completed"
     assert run_status(["patchcore/a: busy"], stored=1) == "incomplete"
