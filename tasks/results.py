@@ -73,9 +73,10 @@ class ValidationReport:
 
     def summary(self) -> str:
         """Readable text: one line per failed rule with the files that broke it."""
+        name = printable(self.dataset)
         if self.passed:
-            return f"dataset {self.dataset}: all {len(self.rules)} rules passed"
-        lines = [f"dataset {self.dataset}: {len(self.failures)} of {len(self.rules)} rules failed"]
+            return f"dataset {name}: all {len(self.rules)} rules passed"
+        lines = [f"dataset {name}: {len(self.failures)} of {len(self.rules)} rules failed"]
         for r in self.failures:
             shown = ", ".join(printable(e) for e in r.examples[:5])
             lines.append(

@@ -133,7 +133,7 @@ def test_a_store_of_a_newer_schema_stops_the_run_before_it_is_recorded(tmp_path)
 def test_file_names_cannot_escape_the_markdown_artifact():
     evil = "000.png\n```\n# Dataset gate PASSED\n<img src=x onerror=alert(1)>"
     report = ValidationReport(
-        dataset="folder",
+        dataset=f"folder:/data/{evil}",
         rules=[
             RuleResult(
                 tool="pandera",
