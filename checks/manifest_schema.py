@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 import pandas as pd
@@ -22,10 +23,36 @@ from pandera.typing import Series
 
 SPLITS = ("train", "test", "ground_truth")
 LABELS = ("good", "defect")
+# torchvision's IMG_EXTENSIONS: what anomalib's Folder datamodule globs (any case)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# PIL modes that anomalib's read_image (convert("RGB")) and read_mask (convert("L") > 0)
+# take without loss: 8 bits per channel. I;16, I and F would be clipped to white.
+IMAGE_MODES = ("L", "RGB", "RGBA")
+MASK_MODES = ("1", "L")
+MAX_FILE_BYTES = 128 * 2**20
+MAX_PIXELS = 64 * 2**20
+MAX_PATH_CHARS = 512  # anomalib's validate_path limit
+PRINTABLE_ASCII = r"^[\x20-\x7E]+$"  # anomalib's validate_path refuses anything else
 
 RULES: dict[str, str] = {
+    "regular_file": "every entry is a regular file or a folder: no FIFO, socket or device "
+    "(reading one would block or never end)",
+    "no_symlinks": "no file or folder inside a category is a symlink (link the dataset root "
+    "or a whole category instead)",
+    "no_hidden_files": "no file or folder inside a split starts with '.' (anomalib would train "
+    "on macOS ._* files)",
+    "image_extension": f"every file has an image extension anomalib reads: "
+    f"{', '.join(IMAGE_EXTENSIONS)}",
+    "in_class_folder": "every file sits directly in <split>/<class>/ (no files loose in a "
+    "split, no nested folders)",
+    "printable_ascii_path": f"every path is printable ASCII, at most {MAX_PATH_CHARS} "
+    "characters (anomalib refuses other paths)",
+    "file_within_size_cap": f"every file holds at most {MAX_FILE_BYTES // 2**20} MiB and "
+    f"{MAX_PIXELS // 2**20} megapixels",
     "file_not_empty": "every file has content (more than 0 bytes)",
     "file_opens_as_image": "every file decodes fully as an image (not truncated, not text)",
+    "pixel_format": f"images are 8-bit {'/'.join(IMAGE_MODES)} and masks 8-bit "
+    f"{'/'.join(MASK_MODES)} (16-bit and float images would be clipped when read)",
     "known_split": f"files sit in a known split folder: {', '.join(SPLITS)}",
     "known_label": f"the label is one of {', '.join(LABELS)}",
     "label_matches_folder": "the label agrees with the folder (good/ means good)",
@@ -34,8 +61,14 @@ RULES: dict[str, str] = {
     "mask_has_image": "every mask in ground_truth/<defect>/ belongs to an image test/<defect>/"
     "<stem>.png",
     "mask_matches_image_size": "a mask has the same width and height as its image",
-    "mask_is_binary": "a mask holds only 0 and 255 (or 0 and 1)",
+    "mask_is_binary": "a mask holds only 0 and 255, or only 0 and 1 (anomalib reads every "
+    "non-zero pixel as defect)",
+    "mask_marks_defect": "a mask marks at least one defect pixel",
 }
+
+
+def _is_file(df: pd.DataFrame) -> pd.Series:
+    return df["file_type"] == "file"
 
 
 class ManifestSchema(pa.DataFrameModel):
@@ -47,6 +80,7 @@ class ManifestSchema(pa.DataFrameModel):
     defect_type: Series[str]
     path: Series[str] = pa.Field(unique=True)
     relpath: Series[str]
+    file_type: Series[str]
     mask_path: Series[Any] = pa.Field(nullable=True)
     image_path: Series[Any] = pa.Field(nullable=True)
     width: Series[pd.Int64Dtype] = pa.Field(nullable=True, gt=0)
@@ -58,15 +92,56 @@ class ManifestSchema(pa.DataFrameModel):
     readable: Series[bool]
     read_error: Series[Any] = pa.Field(nullable=True)
     mask_binary: Series[pd.BooleanDtype] = pa.Field(nullable=True)
+    mask_empty: Series[pd.BooleanDtype] = pa.Field(nullable=True)
     masks_expected: Series[bool]
 
-    @pa.check("bytes", name="file_not_empty", error=RULES["file_not_empty"])
-    def file_not_empty(cls, size: Series[int]) -> Series[bool]:
-        return size > 0
+    @pa.dataframe_check(name="regular_file", error=RULES["regular_file"])
+    def regular_file(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["file_type"].isin(["file", "symlink"])
 
-    @pa.check("readable", name="file_opens_as_image", error=RULES["file_opens_as_image"])
-    def file_opens_as_image(cls, readable: Series[bool]) -> Series[bool]:
-        return readable
+    @pa.dataframe_check(name="no_symlinks", error=RULES["no_symlinks"])
+    def no_symlinks(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["file_type"] != "symlink"
+
+    @pa.dataframe_check(name="no_hidden_files", error=RULES["no_hidden_files"])
+    def no_hidden_files(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~df["relpath"].map(lambda p: any(part.startswith(".") for part in p.split("/")))
+
+    @pa.dataframe_check(name="image_extension", error=RULES["image_extension"])
+    def image_extension(cls, df: pd.DataFrame) -> Series[bool]:
+        suffix = df["path"].map(lambda p: PurePath(p).suffix.lower())
+        return ~_is_file(df) | suffix.isin(IMAGE_EXTENSIONS)
+
+    @pa.dataframe_check(name="in_class_folder", error=RULES["in_class_folder"])
+    def in_class_folder(cls, df: pd.DataFrame) -> Series[bool]:
+        depth = df["relpath"].str.count("/")  # category/split/class/name
+        return (depth == 3) | ((depth == 2) & ~_is_file(df))
+
+    @pa.dataframe_check(name="printable_ascii_path", error=RULES["printable_ascii_path"])
+    def printable_ascii_path(cls, df: pd.DataFrame) -> Series[bool]:
+        path = df["path"]
+        return path.str.fullmatch(PRINTABLE_ASCII).fillna(False).astype(bool) & (
+            path.str.len() <= MAX_PATH_CHARS
+        )
+
+    @pa.dataframe_check(name="file_within_size_cap", error=RULES["file_within_size_cap"])
+    def file_within_size_cap(cls, df: pd.DataFrame) -> Series[bool]:
+        pixels = (df["width"] * df["height"]).fillna(0)
+        return ~_is_file(df) | ((df["bytes"] <= MAX_FILE_BYTES) & (pixels <= MAX_PIXELS))
+
+    @pa.dataframe_check(name="file_not_empty", error=RULES["file_not_empty"])
+    def file_not_empty(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~_is_file(df) | (df["bytes"] > 0)
+
+    @pa.dataframe_check(name="file_opens_as_image", error=RULES["file_opens_as_image"])
+    def file_opens_as_image(cls, df: pd.DataFrame) -> Series[bool]:
+        return ~_is_file(df) | df["readable"]
+
+    @pa.dataframe_check(name="pixel_format", error=RULES["pixel_format"])
+    def pixel_format(cls, df: pd.DataFrame) -> Series[bool]:
+        is_mask = df["split"] == "ground_truth"
+        ok = df["mode"].isin(MASK_MODES).where(is_mask, df["mode"].isin(IMAGE_MODES))
+        return ~(_is_file(df) & df["mode"].notna()) | ok.astype(bool)
 
     @pa.check("split", name="known_split", error=RULES["known_split"])
     def known_split(cls, split: Series[str]) -> Series[bool]:
@@ -103,6 +178,11 @@ class ManifestSchema(pa.DataFrameModel):
     def mask_is_binary(cls, df: pd.DataFrame) -> Series[bool]:
         judged = (df["split"] == "ground_truth") & df["readable"]
         return ~judged | df["mask_binary"].fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="mask_marks_defect", error=RULES["mask_marks_defect"])
+    def mask_marks_defect(cls, df: pd.DataFrame) -> Series[bool]:
+        judged = (df["split"] == "ground_truth") & df["readable"]
+        return ~judged | ~df["mask_empty"].fillna(True).astype(bool)
 
     class Config:
         strict = False

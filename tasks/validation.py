@@ -77,21 +77,30 @@ def _pandera_rules(manifest: pd.DataFrame, spec: DatasetSpec) -> list[RuleResult
             results.append(_result("pandera", category, rule, message,
                                    [_explain(rule, p, by_path) for p in paths]))  # fmt: skip
     for (rule, category), examples in failing.items():  # column types, uniqueness, ...
-        results.append(_result("pandera", category, rule, f"schema check {rule}", examples))
+        message = RULES.get(rule, f"schema check {rule}")
+        results.append(_result("pandera", category, rule, message, examples))
     return results
 
 
+_DETAIL_FROM_READ_ERROR = ("file_opens_as_image", "regular_file", "no_symlinks",
+                           "file_within_size_cap")  # fmt: skip
+
+
 def _explain(rule: str, path: str, by_path: pd.DataFrame) -> str:
-    """The failing path, with the detail that makes the failure obvious."""
+    """The failing path (escaped when it holds control characters), with the detail that
+    makes the failure obvious."""
+    shown = path if path.isprintable() else ascii(path)
     if path not in by_path.index:
-        return path
+        return shown
     row = by_path.loc[path]
-    if rule == "file_opens_as_image" and row["read_error"]:
-        return f"{path} ({row['read_error']})"
+    if rule in _DETAIL_FROM_READ_ERROR and row["read_error"]:
+        return f"{shown} ({row['read_error']})"
+    if rule == "pixel_format" and row["mode"]:
+        return f"{shown} (mode {row['mode']})"
     if rule == "mask_matches_image_size" and row["image_path"] in by_path.index:
         image = by_path.loc[row["image_path"]]
-        return f"{path} ({row['width']}x{row['height']}, image {image['width']}x{image['height']})"
-    return path
+        return f"{shown} ({row['width']}x{row['height']}, image {image['width']}x{image['height']})"
+    return shown
 
 
 def _result(tool: str, category: str, rule: str, message: str, examples: list[str]) -> RuleResult:
