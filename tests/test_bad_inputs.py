@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from PIL import Image
 
 from tasks.datasets import prepare_dataset
+from tasks.manifest import build_manifest
 from tasks.results import DatasetError, ValidationReport
 from tasks.validation import validate_dataset
 
@@ -170,3 +173,204 @@ def test_every_failure_is_collected_not_only_the_first(make_dataset):
     assert {"file_opens_as_image", "defect_has_mask", "mask_is_binary"} <= {
         r.rule for r in report.failures
     }
+
+
+# --------------------------------------------------------------- what training would read
+# Each case below is an entry anomalib's Folder datamodule would glob. The gate either
+# refuses it by a named rule that names the entry, or training handles it correctly.
+
+GOOD = ("widget", "train", "good")
+
+
+def _manifest_within(root: Path, seconds: float = 5.0):
+    """Build the manifest in a thread; fail (not hang) if it takes over `seconds`."""
+    done: list = []
+    thread = threading.Thread(
+        target=lambda: done.append(build_manifest(prepare_dataset("folder", root, None))),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(seconds)
+    assert done, f"building the manifest took over {seconds} s: a read blocked"
+    return done[0]
+
+
+def test_16_bit_png_is_refused(make_dataset):
+    root = make_dataset()
+    deep = root.joinpath(*GOOD, "010.png")
+    Image.fromarray(np.full((64, 64), 40000, np.uint16)).save(deep)
+    assert Image.open(deep).mode.startswith("I")  # what convert("RGB") clips to white
+    report = _validate(root)
+    _assert_refused(report, "pixel_format", deep)
+    assert f"{deep} (mode I" in report.summary()
+
+
+def test_float_tiff_is_refused(make_dataset):
+    root = make_dataset()
+    floats = root.joinpath(*GOOD, "010.tif")
+    Image.fromarray(np.random.default_rng(0).random((64, 64), np.float32)).save(floats)
+    report = _validate(root)
+    _assert_refused(report, "pixel_format", floats)
+    assert f"{floats} (mode F)" in report.summary()
+
+
+def test_masks_of_0_and_1_pass_and_anomalib_reads_the_same_defect(make_dataset):
+    """anomalib 2.7's read_mask takes every non-zero pixel as defect, so 0/1 masks are
+    read exactly like 0/255 ones: the gate lets them through, and this proves why."""
+    from anomalib.data.datasets.image.folder import FolderDataset
+    from anomalib.data.utils import Split
+
+    root = make_dataset(defects={"scratch": 1})
+    mask_path = root / "widget" / "ground_truth" / "scratch" / "000_mask.png"
+    mask_255 = np.asarray(Image.open(mask_path))
+    write_png(mask_path, (mask_255 > 0).astype(np.uint8))
+    assert set(np.unique(np.asarray(Image.open(mask_path))).tolist()) == {0, 1}
+    assert _validate(root).passed
+    category = root / "widget"
+    dataset = FolderDataset(
+        name="widget", root=category, normal_dir="train/good", abnormal_dir="test/scratch",
+        mask_dir="ground_truth/scratch", split=Split.TEST,
+    )  # fmt: skip
+    (item,) = [dataset[i] for i in range(len(dataset)) if dataset[i].gt_label]
+    assert np.array_equal(item.gt_mask.numpy().astype(bool), mask_255 > 0)
+
+
+def test_empty_mask_is_refused(make_dataset):
+    root = make_dataset()
+    mask = write_png(root / "widget" / "ground_truth" / "hole" / "000_mask.png",
+                     np.zeros((64, 64), np.uint8))  # fmt: skip
+    report = _validate(root)
+    _assert_refused(report, "mask_marks_defect", mask)
+
+
+def test_macos_resource_fork_is_refused(make_dataset):
+    root = make_dataset()
+    fork = root.joinpath(*GOOD, "._000.png")
+    fork.write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # AppleDouble header, not a PNG
+    report = _validate(root)
+    _assert_refused(report, "no_hidden_files", fork)
+
+
+def test_file_in_hidden_folder_is_refused(make_dataset):
+    root = make_dataset()
+    hidden = root.joinpath(*GOOD, ".thumbs", "000.png")
+    hidden.parent.mkdir()
+    shutil.copyfile(root.joinpath(*GOOD, "000.png"), hidden)
+    report = _validate(root)
+    _assert_refused(report, "no_hidden_files", hidden)
+    _assert_refused(report, "in_class_folder", hidden)
+
+
+def test_webp_test_image_is_validated_and_counted_by_training(make_dataset):
+    from tasks.profiles import load_profile
+    from tasks.training import make_datamodule
+
+    root = make_dataset()
+    good = root / "widget" / "test" / "good"
+    webp = good / "000.webp"
+    Image.open(good / "000.png").save(webp, lossless=True)
+    (good / "000.png").unlink()
+    manifest, report = validate_dataset(prepare_dataset("folder", root, None))
+    assert report.passed, report.summary()
+    assert str(webp) in set(manifest["path"])
+    spec = prepare_dataset("folder", root, None)
+    datamodule, _, n_test = make_datamodule(spec, "widget", load_profile("quick"), 1)
+    datamodule.setup()
+    assert n_test == len(datamodule.test_data) == 5
+    assert str(webp) in set(datamodule.test_data.samples["image_path"])
+
+
+def test_extension_anomalib_ignores_is_refused(make_dataset):
+    root = make_dataset()
+    gif = root.joinpath(*GOOD, "010.gif")
+    Image.open(root.joinpath(*GOOD, "000.png")).save(gif)
+    report = _validate(root)
+    _assert_refused(report, "image_extension", gif)
+
+
+def test_symlinked_train_good_is_refused_by_name(make_dataset, tmp_path):
+    root = make_dataset()
+    good = root.joinpath(*GOOD)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(good, elsewhere)
+    good.symlink_to(elsewhere, target_is_directory=True)
+    report = _validate(root)
+    _assert_refused(report, "no_symlinks", good)
+    assert f"{good} (symlink to {elsewhere}" in report.summary()
+
+
+def test_fifo_is_refused_without_being_opened(make_dataset):
+    root = make_dataset()
+    fifo = root.joinpath(*GOOD, "010.png")
+    os.mkfifo(fifo)  # opening it to read would block until a writer comes
+    manifest = _manifest_within(root)
+    assert manifest.set_index("path").loc[str(fifo), "file_type"] == "fifo"
+    report = _validate(root)
+    _assert_refused(report, "regular_file", fifo)
+    assert {r.rule for r in report.failures} == {"regular_file"}
+
+
+def test_symlink_to_dev_zero_is_never_read(make_dataset):
+    root = make_dataset()
+    zero = root.joinpath(*GOOD, "010.png")
+    zero.symlink_to("/dev/zero")  # reading it would never end
+    manifest = _manifest_within(root)
+    assert manifest.set_index("path").loc[str(zero), "bytes"] < 100
+    report = _validate(root)
+    _assert_refused(report, "no_symlinks", zero)
+
+
+def test_read_over_the_size_cap_is_refused_unread(make_dataset, monkeypatch):
+    from tasks import manifest as manifest_module
+
+    root = make_dataset()
+    big = root.joinpath(*GOOD, "000.png")
+    monkeypatch.setattr(manifest_module, "MAX_FILE_BYTES", 100)
+    manifest = build_manifest(prepare_dataset("folder", root, None)).set_index("path")
+    assert not manifest.loc[str(big), "readable"]
+    assert "over the cap: not read" in manifest.loc[str(big), "read_error"]
+    assert manifest.loc[str(big), "sha256"] is None
+
+
+def test_name_with_a_control_character_is_refused_and_shown_escaped(make_dataset):
+    root = make_dataset()
+    bell = root.joinpath(*GOOD, "010\x07.png")
+    shutil.copyfile(root.joinpath(*GOOD, "000.png"), bell)
+    report = _validate(root)
+    assert "printable_ascii_path" in {r.rule for r in report.failures}, report.summary()
+    summary = report.summary()
+    assert ascii(str(bell)) in summary and "\x07" not in summary
+
+
+def test_non_ascii_name_is_refused(make_dataset):
+    root = make_dataset()
+    accented = root.joinpath(*GOOD, "défaut.png")
+    shutil.copyfile(root.joinpath(*GOOD, "000.png"), accented)
+    report = _validate(root)
+    _assert_refused(report, "printable_ascii_path", accented)
+
+
+def test_file_loose_in_a_split_folder_is_refused(make_dataset):
+    root = make_dataset()
+    loose = root / "widget" / "test" / "010.png"
+    shutil.copyfile(root.joinpath(*GOOD, "000.png"), loose)
+    report = _validate(root)
+    _assert_refused(report, "in_class_folder", loose)
+
+
+def test_gate_lists_exactly_what_anomalib_globs_on_a_valid_dataset(make_dataset):
+    """On data the gate passes, its files are exactly the files anomalib's Folder reads."""
+    from tasks.profiles import load_profile
+    from tasks.training import make_datamodule
+
+    root = make_dataset()
+    spec = prepare_dataset("folder", root, None)
+    manifest, report = validate_dataset(spec)
+    assert report.passed, report.summary()
+    datamodule, _, _ = make_datamodule(spec, "widget", load_profile("quick"), 1)
+    datamodule.setup()
+    read = {
+        *datamodule.train_data.samples["image_path"], *datamodule.val_data.samples["image_path"],
+        *datamodule.test_data.samples["image_path"], *datamodule.test_data.samples["mask_path"],
+    }  # fmt: skip
+    assert {p for p in read if p and "_synthetic" not in p} == set(manifest["path"])
