@@ -34,6 +34,7 @@ from flows.validate_dataset import (
     open_run,
     split_list,
 )
+from tasks.paths import artifact_dir
 from tasks.profiles import Profile, ProfileError, load_profile
 from tasks.report import render_report
 from tasks.results import DatasetError, DatasetSpec, ModelResult
@@ -169,7 +170,6 @@ def benchmark(
         store.finish_run(run_id, "failed_validation")
         raise DatasetValidationFailed(report.summary())
 
-    run_dir = Path(output_dir) / run_id
     results, failed = [], []
     # one cell at a time: two trainings would only fight over the same CPU cores
     for category in spec.categories:
@@ -179,7 +179,7 @@ def benchmark(
                 category,
                 spec,
                 settings,
-                run_dir / model / category,
+                artifact_dir(output_dir, run_id, model, category),
                 report.dataset_hash,
                 return_state=True,
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from PIL import Image
 
 from tasks.datasets import prepare_dataset
 from tasks.manifest import build_manifest
+from tasks.paths import UnsafePath, artifact_dir
 from tasks.results import DatasetError, ValidationReport
 from tasks.validation import validate_dataset
 
@@ -374,3 +377,74 @@ def test_gate_lists_exactly_what_anomalib_globs_on_a_valid_dataset(make_dataset)
         *datamodule.test_data.samples["image_path"], *datamodule.test_data.samples["mask_path"],
     }  # fmt: skip
     assert {p for p in read if p and "_synthetic" not in p} == set(manifest["path"])
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize("name", ["../x", "../../x", "a/b", "/etc", "", ".", "..", ".hidden",
+                                  "x\ny", "caf\u00e9", " x"])  # fmt: skip
+@pytest.mark.parametrize("kind", ["demo", "folder", "mvtec"])
+def test_category_that_is_not_a_plain_name_is_refused_before_anything_is_created(
+    tmp_path, kind, name
+):
+    root = tmp_path / "data"
+    with pytest.raises(DatasetError, match="not a plain folder name") as raised:
+        prepare_dataset(kind, root, [name])
+    assert repr(name) in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_category_folder_with_an_unsafe_name_is_refused(make_dataset):
+    root = make_dataset()
+    (root / "widget").rename(root / "wid get ")
+    with pytest.raises(DatasetError, match="not a plain folder name"):
+        prepare_dataset("folder", root, None)
+
+
+def test_artifact_dir_stays_inside_output_dir(tmp_path):
+    out = tmp_path / "runs"
+    assert artifact_dir(out, "r1", "patchcore", "grid") == out / "r1" / "patchcore" / "grid"
+    with pytest.raises(UnsafePath, match="not a plain folder name"):
+        artifact_dir(out, "r1", "patchcore", "../../x")
+    (out / "r2").mkdir(parents=True)
+    (out / "r2" / "patchcore").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(UnsafePath, match="outside"):
+        artifact_dir(out, "r2", "patchcore", "grid")
+
+
+@pytest.mark.slow
+def test_benchmark_with_category_climbing_out_is_refused_and_creates_nothing_outside(
+    make_dataset, tmp_path
+):
+    """The real flow (temporary Prefect server): refused with the name, exit code 1, and
+    nothing written outside output_dir except the results database."""
+    root = make_dataset()
+    work = tmp_path / "work"
+    work.mkdir()
+    before = {p for p in tmp_path.rglob("*")}
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # slow to start on 2 cores
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.benchmark", "--dataset", "folder", "--data-root",
+         str(root / "widget" / "train"), "--categories", "../x", "--models", "patchcore",
+         "--output-dir", str(work / "runs"), "--reports-dir", str(work / "reports"),
+         "--db", str(work / "db" / "b.duckdb")],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "category '../x' is not a plain folder name" in result.stderr
+    created = {p for p in tmp_path.rglob("*")} - before
+    outside = {
+        p for p in created
+        if not p.is_relative_to(tmp_path / "prefect-home") and not p.is_relative_to(work / "db")
+    }  # fmt: skip
+    assert outside <= {work / "db"} | {work}, sorted(outside)
+    assert not (root / "widget" / "x").exists() and not (root / "x").exists()
