@@ -155,8 +155,8 @@ def test_real_server_needs_the_auth_string_and_up_down_are_repeatable(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{stack.api_url}/flows/filter", data=b"{}", timeout=10)
         assert refused.value.code == 401
-        listed = stack.prefect("work-pool", "ls")
-        assert "benchmark-pool" in listed.stdout
+        inspected = stack.prefect("work-pool", "inspect", "benchmark-pool")  # with the auth
+        assert "process" in inspected.stdout
         stack.up(deploy=False)  # everything already up: reused, nothing new started
         assert stack.pid("server") == server
         log = (stack.state_dir / "server.log").read_text()
