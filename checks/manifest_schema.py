@@ -22,6 +22,9 @@ import pandera.pandas as pa
 from pandera.typing import Series
 
 SPLITS = ("train", "test", "ground_truth")
+# rows of a profile's validation.directory: a category name no dataset can have
+VALIDATION_CATEGORY = "<validation>"
+VALIDATION_SPLIT = "validation"
 LABELS = ("good", "defect")
 # torchvision's IMG_EXTENSIONS: what anomalib's Folder datamodule globs (any case)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -54,6 +57,8 @@ RULES: dict[str, str] = {
     "pixel_format": f"images are 8-bit {'/'.join(IMAGE_MODES)} and masks 8-bit "
     f"{'/'.join(MASK_MODES)} (16-bit and float images would be clipped when read)",
     "known_split": f"files sit in a known split folder: {', '.join(SPLITS)}",
+    "no_validation_test_overlap": "no image of validation.directory has the content (sha256) "
+    "of a test image",
     "known_label": f"the label is one of {', '.join(LABELS)}",
     "label_matches_folder": "the label agrees with the folder (good/ means good)",
     "defect_has_mask": "every defective test image has its mask ground_truth/<defect>/"
@@ -143,9 +148,17 @@ class ManifestSchema(pa.DataFrameModel):
         ok = df["mode"].isin(MASK_MODES).where(is_mask, df["mode"].isin(IMAGE_MODES))
         return ~(_is_file(df) & df["mode"].notna()) | ok.astype(bool)
 
-    @pa.check("split", name="known_split", error=RULES["known_split"])
-    def known_split(cls, split: Series[str]) -> Series[bool]:
-        return split.isin(SPLITS)
+    @pa.dataframe_check(name="known_split", error=RULES["known_split"])
+    def known_split(cls, df: pd.DataFrame) -> Series[bool]:
+        validation = (df["category"] == VALIDATION_CATEGORY) & (df["split"] == VALIDATION_SPLIT)
+        return df["split"].isin(SPLITS) | validation
+
+    @pa.dataframe_check(
+        name="no_validation_test_overlap", error=RULES["no_validation_test_overlap"]
+    )
+    def no_validation_test_overlap(cls, df: pd.DataFrame) -> Series[bool]:
+        test = set(df.loc[df["split"] == "test", "sha256"].dropna())
+        return (df["split"] != VALIDATION_SPLIT) | ~df["sha256"].isin(test)
 
     @pa.check("label", name="known_label", error=RULES["known_label"])
     def known_label(cls, label: Series[str]) -> Series[bool]:

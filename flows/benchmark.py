@@ -165,7 +165,9 @@ def benchmark(
     store, run_id = open_run(db, dataset, data_root, categories, models, profile)
 
     close_abandoned_runs(store, run_id)
-    spec, report = check_dataset(dataset, data_root, categories, store, run_id)
+    spec, report = check_dataset(
+        dataset, data_root, categories, store, run_id, settings.validation.directory
+    )
     if spec is None or not report.passed:
         store.finish_run(run_id, "failed_validation")
         raise DatasetValidationFailed(report.summary())

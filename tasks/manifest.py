@@ -48,8 +48,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from checks.manifest_schema import MAX_FILE_BYTES, MAX_PIXELS
-from tasks.results import DatasetSpec
+from checks.manifest_schema import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    VALIDATION_CATEGORY,
+    VALIDATION_SPLIT,
+)
+from tasks.results import DatasetError, DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -204,35 +209,68 @@ def _entries(folder: Path) -> list[tuple[Path, str]]:
     return sorted(found)
 
 
-def _list_category(spec: DatasetSpec, category: str) -> list[dict]:
-    base = spec.category_dir(category)
-    masks = spec.masks_expected or (base / "ground_truth").is_dir()
-    rows: list[dict] = []
-    pending: list[Path] = []
-    for path, kind in _entries(base):
-        if path.name.startswith("."):
-            continue  # hidden folders beside the splits: anomalib never reads them
-        if kind == "folder":
-            pending.append(path)
-        elif kind == "symlink" and path.is_dir():
-            rows.append(_row(spec, category, path, kind, masks))  # e.g. a linked train/
+def _walk(folder: Path) -> list[tuple[Path, str]]:
+    """(path, kind) of every entry under `folder` except real folders, which are entered;
+    a folder that cannot be listed is an entry of kind "unreadable_folder"."""
+    found: list[tuple[Path, str]] = []
+    pending = [folder]
     while pending:
-        folder = pending.pop()
+        current = pending.pop()
         try:
-            inside = _entries(folder)
+            inside = _entries(current)
         except OSError:
-            rows.append(_row(spec, category, folder, "unreadable_folder", masks))
+            found.append((current, "unreadable_folder"))
             continue
         for path, kind in inside:
             if kind == "folder":
                 pending.append(path)
             else:
-                rows.append(_row(spec, category, path, kind, masks))
+                found.append((path, kind))
+    return found
+
+
+def _list_category(spec: DatasetSpec, category: str) -> list[dict]:
+    base = spec.category_dir(category)
+    masks = spec.masks_expected or (base / "ground_truth").is_dir()
+    found: list[tuple[Path, str]] = []
+    for path, kind in _entries(base):
+        if path.name.startswith("."):
+            continue  # hidden folders beside the splits: anomalib never reads them
+        if kind == "folder":
+            found.extend(_walk(path))
+        elif kind == "symlink" and path.is_dir():
+            found.append((path, kind))  # e.g. a linked train/
+    rows = [_row(spec, category, path, kind, masks) for path, kind in found]
     return sorted(rows, key=lambda row: row["path"])
 
 
 def _list_files(spec: DatasetSpec) -> list[dict]:
     return [row for category in spec.categories for row in _list_category(spec, category)]
+
+
+def _list_validation_directory(directory: Path) -> list[dict]:
+    """Rows for a validation folder: `<directory>/good/...` and `<directory>/<defect>/...`.
+
+    Every entry is a row, hidden and linked ones included: the validation datamodule takes
+    every folder in it as a class."""
+    rows = []
+    for path, kind in _walk(directory):
+        parts = path.relative_to(directory).parts
+        in_class = len(parts) > 1 or kind not in _LEAF_TYPES
+        defect_type = parts[0] if in_class else ""
+        rows.append(
+            {
+                "category": VALIDATION_CATEGORY,
+                "split": VALIDATION_SPLIT,
+                "label": "good" if defect_type == "good" else "defect",
+                "defect_type": defect_type,
+                "path": str(path),
+                "relpath": "/".join((VALIDATION_CATEGORY, VALIDATION_SPLIT, *parts)),
+                "file_type": kind,
+                "masks_expected": False,
+            }
+        )
+    return sorted(rows, key=lambda row: row["path"])
 
 
 def _link_masks(frame: pd.DataFrame) -> pd.DataFrame:
@@ -315,9 +353,29 @@ def build_manifest(
     `cache_path`: a JSON file of earlier reads, or a folder to hold `manifest.json`
     (None: no cache); `workers`: threads (default: 2 per CPU, at most 16).
     """
+    return _manifest(_list_files(spec), str(spec.root), cache_path, workers)
+
+
+def build_validation_manifest(
+    directory: str | Path, cache_path: Path | None = None, workers: int | None = None
+) -> pd.DataFrame:
+    """The manifest of a profile's `validation.directory` (good/ and defect folders), as
+    rows of category `VALIDATION_CATEGORY` and split `VALIDATION_SPLIT`, so the gate's file
+    rules and its overlap check against test/ judge it like the dataset."""
+    directory = Path(directory).expanduser().absolute()
+    if not directory.is_dir():
+        raise DatasetError(
+            f"validation.directory {directory} is not a folder: expected good/ and "
+            "defect folders in it"
+        )
+    return _manifest(_list_validation_directory(directory), str(directory), cache_path, workers)
+
+
+def _manifest(
+    rows: list[dict], where: str, cache_path: Path | None, workers: int | None
+) -> pd.DataFrame:
     if cache_path is not None and Path(cache_path).is_dir():
         cache_path = Path(cache_path) / "manifest.json"
-    rows = _list_files(spec)
     cache = _load_cache(cache_path)
     facts: list[FileFacts | None] = []
     keys: dict[int, tuple[str, list]] = {}
@@ -334,7 +392,7 @@ def build_manifest(
     fresh = _read_all(rows, todo, workers or min(16, 2 * (os.cpu_count() or 1)))
     for i, result in fresh.items():
         facts[i] = result
-    log.info("manifest of %s: %d entries, %d read, %d cached", spec.root, len(rows), len(todo),
+    log.info("manifest of %s: %d entries, %d read, %d cached", where, len(rows), len(todo),
              len(keys) - len(todo))  # fmt: skip
     if cache_path is not None and todo:
         timed_out = {i for i, f in fresh.items() if "abandoned" in (f.read_error or "")}
@@ -349,14 +407,15 @@ def build_manifest(
         columns=[c for c in COLUMNS if c not in ("mask_path", "image_path")],
     )
     frame = _link_masks(frame)
-    for column in ("read_error", "sha256", "mode"):
-        frame[column] = _none_for_missing(frame[column])
+    frame["read_error"] = _none_for_missing(frame["read_error"])
     return frame.astype(
         {
             **dict.fromkeys(
                 ["category", "split", "label", "defect_type", "path", "relpath", "file_type"],
                 "str",
             ),
+            "mode": "str",
+            "sha256": "str",
             "width": "Int64",
             "height": "Int64",
             "channels": "Int64",

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 _PLAIN = re.compile(r"[\x20-\x7E]{1,255}")
+_RESERVED = '<>:"|?*'  # not allowed in Windows file names, and glob patterns
 
 
 class UnsafePath(ValueError):
@@ -33,6 +34,8 @@ def plain_name(name: str, what: str = "name") -> str:
         problem = "it is empty"
     elif "/" in name or "\\" in name:
         problem = "it holds a slash"
+    elif any(c in name for c in _RESERVED):
+        problem = f"it holds one of {_RESERVED}"
     elif name.startswith("."):
         problem = "it starts with '.' ('..' climbs out, '.x' is hidden)"
     elif not _PLAIN.fullmatch(name):

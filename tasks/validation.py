@@ -23,8 +23,8 @@ import pandas as pd
 import pandera.pandas as pa
 
 from checks.dataset_expectations import run_dataset_suite
-from checks.manifest_schema import RULES, ManifestSchema
-from tasks.manifest import build_manifest
+from checks.manifest_schema import RULES, VALIDATION_CATEGORY, ManifestSchema
+from tasks.manifest import build_manifest, build_validation_manifest
 from tasks.results import DatasetSpec, RuleResult, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,10 @@ def _pandera_rules(manifest: pd.DataFrame, spec: DatasetSpec) -> list[RuleResult
     failing = _pandera_failures(manifest)
     by_path = manifest.drop_duplicates("path").set_index("path")
     results = []
-    for category in spec.categories:
+    categories = list(spec.categories)
+    if (manifest["category"] == VALIDATION_CATEGORY).any():
+        categories.append(VALIDATION_CATEGORY)
+    for category in categories:
         for rule, message in RULES.items():
             paths = failing.pop((rule, category), [])
             results.append(_result("pandera", category, rule, message,
@@ -95,6 +98,9 @@ def _explain(rule: str, path: str, by_path: pd.DataFrame) -> str:
     row = by_path.loc[path]
     if rule in _DETAIL_FROM_READ_ERROR and row["read_error"]:
         return f"{shown} ({row['read_error']})"
+    if rule == "no_validation_test_overlap":
+        twins = by_path[(by_path["split"] == "test") & (by_path["sha256"] == row["sha256"])]
+        return f"{shown} (same content as {', '.join(twins.index[:3])})"
     if rule == "pixel_format" and row["mode"]:
         return f"{shown} (mode {row['mode']})"
     if rule == "mask_matches_image_size" and row["image_path"] in by_path.index:
@@ -144,8 +150,14 @@ def validate_manifest(
 
 
 def validate_dataset(
-    spec: DatasetSpec, cache_path: Path | None = None
+    spec: DatasetSpec, cache_path: Path | None = None, validation_dir: str | Path | None = None
 ) -> tuple[pd.DataFrame, ValidationReport]:
-    """Build the manifest of `spec` (cached at `cache_path`, if given) and validate it."""
+    """Build the manifest of `spec` (cached at `cache_path`, if given) and validate it.
+
+    `validation_dir` (a profile's `validation.directory`) joins the manifest as category
+    `<validation>`: the same file rules, plus no content shared with any test image."""
     manifest = build_manifest(spec, cache_path=cache_path)
+    if validation_dir:
+        extra = build_validation_manifest(validation_dir, cache_path=cache_path)
+        manifest = pd.concat([manifest, extra], ignore_index=True).astype(manifest.dtypes)
     return manifest, validate_manifest(manifest, spec)

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -332,7 +333,7 @@ def test_read_over_the_size_cap_is_refused_unread(make_dataset, monkeypatch):
     manifest = build_manifest(prepare_dataset("folder", root, None)).set_index("path")
     assert not manifest.loc[str(big), "readable"]
     assert "over the cap: not read" in manifest.loc[str(big), "read_error"]
-    assert manifest.loc[str(big), "sha256"] is None
+    assert pd.isna(manifest.loc[str(big), "sha256"])
 
 
 def test_name_with_a_control_character_is_refused_and_shown_escaped(make_dataset):
@@ -448,3 +449,68 @@ def test_benchmark_with_category_climbing_out_is_refused_and_creates_nothing_out
     }  # fmt: skip
     assert outside <= {work / "db"} | {work}, sorted(outside)
     assert not (root / "widget" / "x").exists() and not (root / "x").exists()
+
+
+# ------------------------------------------------------------- validation.directory
+
+
+def _validation_dir(tmp_path: Path) -> Path:
+    """A validation folder (good/ + scratch/) of fresh images, none of them in the dataset."""
+    folder = tmp_path / "val"
+    rng = np.random.default_rng(99)
+    for kind in ("good", "scratch"):
+        for i in range(2):
+            write_png_in(folder / kind / f"{i:03d}.png", rng.integers(0, 255, (64, 64)))
+    return folder
+
+
+def write_png_in(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(path, array.astype(np.uint8))
+
+
+def test_clean_validation_directory_passes_the_gate(make_dataset, tmp_path):
+    root = make_dataset()
+    folder = _validation_dir(tmp_path)
+    spec = prepare_dataset("folder", root, None)
+    manifest, report = validate_dataset(spec, validation_dir=folder)
+    assert report.passed, report.summary()
+    assert (manifest["category"] == "<validation>").sum() == 4
+    assert any(r.category == "<validation>" and r.rule == "no_validation_test_overlap"
+               for r in report.rules)  # fmt: skip
+    _, without = validate_dataset(spec)
+    assert without.dataset_hash != report.dataset_hash  # the trained result depends on it
+
+
+def test_validation_image_copied_from_test_is_refused(make_dataset, tmp_path):
+    root = make_dataset()
+    folder = _validation_dir(tmp_path)
+    test_image = root / "widget" / "test" / "scratch" / "001.png"
+    leaked = folder / "scratch" / "leaked.png"
+    shutil.copyfile(test_image, leaked)
+    _, report = validate_dataset(prepare_dataset("folder", root, None), validation_dir=folder)
+    _assert_refused(report, "no_validation_test_overlap", leaked)
+    assert f"{leaked} (same content as {test_image})" in report.summary()
+
+
+def test_validation_directory_gets_the_same_file_rules(make_dataset, tmp_path):
+    root = make_dataset()
+    folder = _validation_dir(tmp_path)
+    fork = folder / "good" / "._000.png"
+    fork.write_bytes(b"\x00\x05\x16\x07")
+    deep = folder / "good" / "010.png"
+    Image.fromarray(np.full((64, 64), 40000, np.uint16)).save(deep)
+    hidden_class = folder / ".cache" / "000.png"
+    write_png_in(hidden_class, np.zeros((64, 64)))
+    _, report = validate_dataset(prepare_dataset("folder", root, None), validation_dir=folder)
+    _assert_refused(report, "no_hidden_files", fork)
+    _assert_refused(report, "no_hidden_files", hidden_class)
+    _assert_refused(report, "pixel_format", deep)
+    assert {r.category for r in report.failures} == {"<validation>"}
+
+
+def test_missing_validation_directory_is_a_clear_error(make_dataset, tmp_path):
+    root = make_dataset()
+    with pytest.raises(DatasetError, match="validation.directory .* is not a folder") as raised:
+        validate_dataset(prepare_dataset("folder", root, None), validation_dir=tmp_path / "nope")
+    assert str(tmp_path / "nope") in str(raised.value)
