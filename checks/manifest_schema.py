@@ -39,7 +39,9 @@ PRINTABLE_ASCII = r"^[\x20-\x7E]+$"  # anomalib's validate_path refuses anything
 
 RULES: dict[str, str] = {
     "regular_file": "every entry is a regular file or a folder: no FIFO, socket or device "
-    "(reading one would block or never end)",
+    "(reading one would block or never end), no folder that cannot be listed",
+    "no_empty_folders": "every folder inside a split holds files (anomalib stops on an empty "
+    "class folder)",
     "no_symlinks": "no file or folder inside a category is a symlink (link the dataset root "
     "or a whole category instead)",
     "no_hidden_files": "no file or folder inside a split starts with '.' (anomalib would train "
@@ -66,6 +68,8 @@ RULES: dict[str, str] = {
     "mask_has_image": "every mask in ground_truth/<defect>/ belongs to an image test/<defect>/"
     "<stem>.png",
     "mask_matches_image_size": "a mask has the same width and height as its image",
+    "mask_order_matches_images": "sorted by path, the n-th mask belongs to the n-th defective "
+    "test image (anomalib pairs them by position)",
     "mask_is_binary": "a mask holds only 0 and 255, or only 0 and 1 (anomalib reads every "
     "non-zero pixel as defect)",
     "mask_marks_defect": "a mask marks at least one defect pixel",
@@ -102,7 +106,11 @@ class ManifestSchema(pa.DataFrameModel):
 
     @pa.dataframe_check(name="regular_file", error=RULES["regular_file"])
     def regular_file(cls, df: pd.DataFrame) -> Series[bool]:
-        return df["file_type"].isin(["file", "symlink"])
+        return df["file_type"].isin(["file", "symlink", "empty_folder"])
+
+    @pa.dataframe_check(name="no_empty_folders", error=RULES["no_empty_folders"])
+    def no_empty_folders(cls, df: pd.DataFrame) -> Series[bool]:
+        return df["file_type"] != "empty_folder"
 
     @pa.dataframe_check(name="no_symlinks", error=RULES["no_symlinks"])
     def no_symlinks(cls, df: pd.DataFrame) -> Series[bool]:
@@ -186,6 +194,26 @@ class ManifestSchema(pa.DataFrameModel):
         same = (df["width"] == image["width"]) & (df["height"] == image["height"])
         judged = (df["split"] == "ground_truth") & df["readable"] & image["width"].notna()
         return ~judged | same.fillna(False).astype(bool)
+
+    @pa.dataframe_check(name="mask_order_matches_images", error=RULES["mask_order_matches_images"])
+    def mask_order_matches_images(cls, df: pd.DataFrame) -> Series[bool]:
+        """anomalib's Folder sorts the defective images and the masks by path and pairs
+        them by position; a mask whose partner there is not its image would be scored
+        against another image (or stop training). Judged when each side is complete."""
+        ok = pd.Series(True, index=df.index)
+        files = df[_is_file(df) & df["masks_expected"]]
+        for _, own in files.groupby("category"):
+            images = own[(own["split"] == "test") & (own["label"] == "defect")]
+            masks = own[own["split"] == "ground_truth"]
+            if len(images) != len(masks) or images["mask_path"].isna().any():
+                continue  # defect_has_mask / mask_has_image say what is missing
+            by_path = sorted(images["path"], key=lambda p: PurePath(p).parts)
+            mask_by_path = sorted(masks["path"], key=lambda p: PurePath(p).parts)
+            linked = dict(zip(images["path"], images["mask_path"], strict=True))
+            for image, mask in zip(by_path, mask_by_path, strict=True):
+                if linked[image] != mask:
+                    ok[masks.index[masks["path"] == mask]] = False
+        return ok
 
     @pa.dataframe_check(name="mask_is_binary", error=RULES["mask_is_binary"])
     def mask_is_binary(cls, df: pd.DataFrame) -> Series[bool]:

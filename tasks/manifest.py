@@ -12,10 +12,10 @@ is a row (and refused), never silently "0 images".
 Columns: category, split (train/test/ground_truth, or the unknown folder's name), label
 ("good"/"defect", from the folder), defect_type (the folder under the split), path,
 relpath (to the dataset root, POSIX), file_type ("file", "symlink", "fifo", "socket",
-"char_device", "block_device", "unreadable_folder"), mask_path, image_path, width, height,
-mode, channels, bytes, sha256, readable, read_error, mask_binary (masks only: values are
-only 0/255 or 0/1), mask_empty (masks only: no defect pixel), masks_expected (the category
-must have a mask per defective image).
+"char_device", "block_device", "empty_folder", "unreadable_folder"), mask_path,
+image_path, width, height, mode, channels, bytes, sha256, readable, read_error,
+mask_binary (masks only: values are only 0/255 or 0/1), mask_empty (masks only: no
+defect pixel), masks_expected (the category must have a mask per defective image).
 
 Reading never raises on a bad file and never blocks: only regular files are opened (an
 `lstat` decides, and the open is non-blocking and does not follow links), each read is
@@ -211,7 +211,8 @@ def _entries(folder: Path) -> list[tuple[Path, str]]:
 
 def _walk(folder: Path) -> list[tuple[Path, str]]:
     """(path, kind) of every entry under `folder` except real folders, which are entered;
-    a folder that cannot be listed is an entry of kind "unreadable_folder"."""
+    a folder that cannot be listed is an entry of kind "unreadable_folder", one with
+    nothing in it an "empty_folder" (anomalib stops on an empty class folder)."""
     found: list[tuple[Path, str]] = []
     pending = [folder]
     while pending:
@@ -221,6 +222,8 @@ def _walk(folder: Path) -> list[tuple[Path, str]]:
         except OSError:
             found.append((current, "unreadable_folder"))
             continue
+        if not inside:
+            found.append((current, "empty_folder"))
         for path, kind in inside:
             if kind == "folder":
                 pending.append(path)

@@ -514,3 +514,34 @@ def test_missing_validation_directory_is_a_clear_error(make_dataset, tmp_path):
     with pytest.raises(DatasetError, match="validation.directory .* is not a folder") as raised:
         validate_dataset(prepare_dataset("folder", root, None), validation_dir=tmp_path / "nope")
     assert str(tmp_path / "nope") in str(raised.value)
+
+
+def test_empty_defect_folder_is_refused(make_dataset):
+    root = make_dataset()
+    empty = root / "widget" / "test" / "crack"
+    empty.mkdir()  # anomalib's Folder stops on it: "Found 0 abnormal images"
+    report = _validate(root)
+    _assert_refused(report, "no_empty_folders", empty)
+
+
+def test_masks_anomalib_would_pair_with_the_wrong_image_are_refused(make_dataset):
+    """anomalib pairs sorted images with sorted masks by position: `a.png, a_b.png` sort
+    one way, `a_b_mask.png, a_mask.png` the other, so training would stop (or score the
+    wrong mask). The gate refuses it, naming the mask."""
+    from anomalib.data.datasets.image.folder import FolderDataset
+    from anomalib.data.utils import Split
+
+    root = make_dataset(defects={"scratch": 2})
+    images, masks = (
+        root / "widget" / "test" / "scratch",
+        root / "widget" / "ground_truth" / "scratch",
+    )
+    for old, new in (("000", "a"), ("001", "a_b")):
+        (images / f"{old}.png").rename(images / f"{new}.png")
+        (masks / f"{old}_mask.png").rename(masks / f"{new}_mask.png")
+    report = _validate(root)
+    _assert_refused(report, "mask_order_matches_images", masks / "a_mask.png")
+    with pytest.raises(Exception, match="Mismatch between anomalous images and mask images"):
+        FolderDataset(name="w", root=root / "widget", normal_dir="train/good",
+                      abnormal_dir="test/scratch", mask_dir="ground_truth/scratch",
+                      split=Split.TEST)  # fmt: skip
