@@ -27,6 +27,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from tasks.gate import DatasetValidationFailed, check_dataset
+from tasks.paths import artifact_dir
 from tasks.profiles import Profile, load_profile
 from tasks.report import render_report
 from tasks.results import DatasetSpec, ModelResult
@@ -161,12 +162,13 @@ def benchmark(
     )
 
     close_abandoned_runs(store, run_id)
-    spec, report = check_dataset(dataset, data_root, categories, store, run_id)
+    spec, report = check_dataset(
+        dataset, data_root, categories, store, run_id, settings.validation.directory
+    )
     if spec is None or not report.passed:
         store.finish_run(run_id, "failed_validation", error=report.summary())
         raise DatasetValidationFailed(report.summary())
 
-    run_dir = Path(output_dir) / run_id
     results, failed = [], []
     # one cell at a time: two trainings would only fight over the same CPU cores
     for category in spec.categories:
@@ -176,7 +178,7 @@ def benchmark(
                 category,
                 spec,
                 settings,
-                run_dir / model / category,
+                artifact_dir(output_dir, run_id, model, category),
                 report.dataset_hash,
                 return_state=True,
             )

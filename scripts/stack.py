@@ -5,7 +5,15 @@ from prefect.yaml, and a worker, started by one command and stopped by PID.
     python -m scripts.stack run-demo   # prefect deployment run 'anomaly-benchmark/demo' --watch
     python -m scripts.stack down       # stop exactly the processes `up` started
 
-State (PID files, logs, PREFECT_HOME with the SQLite database) lives in `.stack/`.
+State (PID files, logs, the API auth string, PREFECT_HOME with the SQLite database) lives
+in `.stack/`. The stack only touches its own processes:
+- a PID file records the process's command line and start time; `down` signals a PID
+  only when both still match, so a PID reused after a reboot is left alone;
+- `up` starts the server only on a free port and checks that what answers there is its
+  own child: it never deploys to, or crashes the runs of, a server it did not start;
+- the server requires an auth string (`.stack/api-auth`, mode 0600) that the worker,
+  the CLI calls and the flow runs get through PREFECT_API_AUTH_STRING; the UI asks for it;
+- a failed `up` stops what it started; `down` can run any number of times.
 The end-to-end test drives the same `Stack` class on a free port in a temp folder.
 """
 
@@ -14,36 +22,162 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 WORK_POOL = "benchmark-pool"
 DEFAULT_PORT = 4200
+HOST = "127.0.0.1"
+STOP_WAIT_S = 10.0
+
+
+class StackError(RuntimeError):
+    """The stack cannot start as asked; the message names the port, process or file."""
 
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True when nothing listens on `host:port` (a listener on 0.0.0.0 counts too)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on; the command name may hold spaces."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
 def _alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie has finished
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """What a PID file holds: enough to tell our process from a later one with its PID."""
+
+    pid: int
+    start_ticks: int  # /proc/<pid>/stat field 22: clock ticks after boot
+    cmdline: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRecord | None:
+        """The record of the running process `pid`, or None when there is none."""
+        fields = _stat_fields(pid)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        if fields is None or fields[0] == "Z":
+            return None
+        return cls(pid, int(fields[19]), tuple(c.decode(errors="replace") for c in cmdline if c))
+
+    def mismatch(self) -> str | None:
+        """Why the process now running as `pid` is not this one, or None when it is."""
+        now = ProcessRecord.of(self.pid)
+        if now is None:
+            return "no such process"
+        if now.start_ticks != self.start_ticks:
+            return "a different process started later with the same PID"
+        if now.cmdline != self.cmdline:
+            return f"it runs {' '.join(now.cmdline)[:120]!r}"
+        return None
+
+
+def _record_after_exec(pid: int, args: list[str], wait_s: float = 5.0) -> ProcessRecord:
+    """The record of a just-started child, once /proc shows its new command line (for a
+    moment after the exec it can still show the parent's)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        record = ProcessRecord.of(pid)
+        if record is not None and record.cmdline[-len(args) + 1 :] == tuple(args[1:]):
+            return record
+        if record is None or time.monotonic() > deadline:
+            return ProcessRecord(pid, record.start_ticks if record else -1, tuple(args))
+        time.sleep(0.01)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Running (not zombie) processes of the process group `pgid`."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[2] == str(pgid) and fields[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP `port` (any address, IPv4 or IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def listener_in_group(port: int, pgid: int) -> bool:
+    """True when a process of group `pgid` holds the socket listening on `port`."""
+    wanted = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    for pid in _group_members(pgid):
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in wanted:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (its children too), or `pid` alone when it
+    leads none: never the group of some other process."""
     try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    # a zombie still answers kill(0); treat it as gone
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --------------------------------------------------------------------------- the stack
 
 
 @dataclass
@@ -54,19 +188,33 @@ class Stack:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"http://{HOST}:{self.port}/api"
 
     @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
+
+    def auth_string(self) -> str:
+        """The server's API auth string ("user:password"), made once, readable by the owner only."""
+        path = self.state_dir / "api-auth"
+        if not path.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"bench:{secrets.token_urlsafe(24)}")
+        return path.read_text().strip()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
+        auth = self.auth_string()
         env.update(
             PREFECT_HOME=str(self.state_dir / "prefect-home"),
             PREFECT_API_URL=self.api_url,
-            PREFECT_SERVER_API_HOST="127.0.0.1",
+            PREFECT_API_AUTH_STRING=auth,
+            PREFECT_SERVER_API_AUTH_STRING=auth,
+            PREFECT_SERVER_API_HOST=HOST,
             PREFECT_SERVER_API_PORT=str(self.port),
+            # no anonymous usage reports, and no error line per run when offline
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_UI_SHOW_PROMO="false",
             DO_NOT_TRACK="1",
@@ -75,16 +223,32 @@ class Stack:
         )
         return env
 
+    # -- PID files
+
     def _pidfile(self, name: str) -> Path:
         return self.state_dir / f"{name}.pid"
 
-    def pid(self, name: str) -> int | None:
+    def _record(self, name: str) -> tuple[ProcessRecord | None, str | None]:
+        """(the process the PID file names, why it is not ours) - both None: no PID file."""
         path = self._pidfile(name)
-        if path.exists():
-            pid = int(path.read_text())
-            if _alive(pid):
-                return pid
-        return None
+        try:
+            text = path.read_text().strip()
+            if text.isdigit():  # an older stack's PID file: nothing to check it against
+                return ProcessRecord(int(text), -1, ()), "the PID file records no start time"
+            data = json.loads(text)
+            record = ProcessRecord(
+                int(data["pid"]), int(data["start_ticks"]), tuple(data["cmdline"])
+            )
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError, TypeError, KeyError):
+            return None, f"{path} is not a PID file this stack wrote"
+        return record, record.mismatch()
+
+    def pid(self, name: str) -> int | None:
+        """The PID of this stack's `name` process while it runs, else None."""
+        record, problem = self._record(name)
+        return record.pid if record is not None and problem is None else None
 
     def _spawn(self, name: str, args: list[str]) -> int:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -98,8 +262,35 @@ class Stack:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # own process group: `down` stops it and its children
         )
-        self._pidfile(name).write_text(str(proc.pid))
+        log.close()
+        record = _record_after_exec(proc.pid, args)
+        self._pidfile(name).write_text(json.dumps(asdict(record)))
         return proc.pid
+
+    def _stop(self, name: str) -> None:
+        """Stop `name` if its PID file names our process; never signal anything else."""
+        record, problem = self._record(name)
+        if record is None and problem is None:
+            return
+        if record is not None and not _alive(record.pid):
+            print(f"{name} (pid {record.pid}) had already stopped")
+            self._pidfile(name).unlink(missing_ok=True)
+            return
+        if problem is not None:
+            pid = f"pid {record.pid}" if record else "its PID"
+            print(f"{name}: {pid} is not the process this stack started ({problem}): left alone")
+            self._pidfile(name).unlink(missing_ok=True)
+            return
+        _signal(record.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while _alive(record.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(record.pid):
+            _signal(record.pid, signal.SIGKILL)
+        self._pidfile(name).unlink(missing_ok=True)
+        print(f"stopped {name} (pid {record.pid})")
+
+    # -- up
 
     def healthy(self) -> bool:
         try:
@@ -121,22 +312,53 @@ class Stack:
             text=True,
         )
 
-    def up(self, deploy: bool = True, timeout: float = 120) -> None:
-        prefect_bin = str(Path(sys.executable).with_name("prefect"))
-        if self.pid("server") and self.healthy():
-            print(f"server already up at {self.ui_url} (pid {self.pid('server')})")
-        else:
-            self._spawn(
-                "server",
-                [prefect_bin, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+    def _server_answers(self, pid: int) -> bool:
+        return self.healthy() and listener_in_group(self.port, pid)
+
+    def _start_server(self, timeout: float, started: list[str]) -> None:
+        """Our server on `port`, started if need be (then named in `started`)."""
+        pid = self.pid("server")
+        if pid is not None and self._server_answers(pid):
+            print(f"server already up at {self.ui_url} (pid {pid})")
+            return
+        self._stop("server")  # ours but not answering, or a stale PID file
+        if not port_is_free(self.port):
+            raise StackError(
+                f"port {self.port} on {HOST} is in use by a process this stack did not start; "
+                "`up` uses only a server it started. Stop that process, or pick another "
+                "port: python -m scripts.stack up --port N"
             )
-            deadline = time.monotonic() + timeout
-            while not self.healthy():
-                if time.monotonic() > deadline or not self.pid("server"):
-                    log = (self.state_dir / "server.log").read_text()[-3000:]
-                    raise RuntimeError(f"Prefect server did not come up on {self.ui_url}:\n{log}")
-                time.sleep(0.5)
-            print(f"server up at {self.ui_url} (pid {self.pid('server')})")
+        prefect_bin = str(Path(sys.executable).with_name("prefect"))
+        pid = self._spawn(
+            "server", [prefect_bin, "server", "start", "--host", HOST, "--port", str(self.port)]
+        )
+        started.append("server")
+        deadline = time.monotonic() + timeout
+        while not self._server_answers(pid):
+            if time.monotonic() > deadline or not self.pid("server"):
+                log = (self.state_dir / "server.log").read_text(errors="replace")[-3000:]
+                raise StackError(
+                    f"the Prefect server (pid {pid}) did not come up on port {self.port}:\n{log}"
+                )
+            time.sleep(0.5)
+        print(f"server up at {self.ui_url} (pid {pid})")
+
+    def _start_worker(self, started: list[str]) -> None:
+        pid = self.pid("worker")
+        if pid is not None:
+            print(f"worker already running (pid {pid})")
+            return
+        self._stop("worker")  # a stale PID file
+        for flow_run_id in self.crash_orphaned_flow_runs():
+            print(f"flow run {flow_run_id} lost its worker: marked Crashed")
+        prefect_bin = str(Path(sys.executable).with_name("prefect"))
+        pid = self._spawn(
+            "worker", [prefect_bin, "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+        )
+        started.append("worker")
+        print(f"worker started (pid {pid})")
+
+    def _ensure_pool_and_deployments(self, deploy: bool) -> None:
         if self.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
             self.prefect("work-pool", "create", WORK_POOL, "--type", "process")
             # one benchmark at a time: two trainings would only fight over the same cores,
@@ -145,17 +367,20 @@ class Stack:
         if deploy:
             result = self.prefect("--no-prompt", "deploy", "--all", check=False)
             if result.returncode != 0:
-                raise RuntimeError(f"prefect deploy failed:\n{result.stdout}\n{result.stderr}")
+                raise StackError(f"prefect deploy failed:\n{result.stdout}\n{result.stderr}")
             print("deployments created from prefect.yaml")
-        if self.pid("worker"):
-            print(f"worker already running (pid {self.pid('worker')})")
-        else:
-            for flow_run_id in self.crash_orphaned_flow_runs():
-                print(f"flow run {flow_run_id} lost its worker: marked Crashed")
-            self._spawn(
-                "worker", [prefect_bin, "worker", "start", "--pool", WORK_POOL, "--type", "process"]
-            )
-            print(f"worker started (pid {self.pid('worker')})")
+
+    def up(self, deploy: bool = True, timeout: float = 120) -> None:
+        """Start what is not running; on any failure, stop what this call started."""
+        started: list[str] = []
+        try:
+            self._start_server(timeout, started)
+            self._ensure_pool_and_deployments(deploy)
+            self._start_worker(started)
+        except BaseException:
+            for name in reversed(started):
+                self._stop(name)
+            raise
         (self.state_dir / "stack.json").write_text(json.dumps({"port": self.port}))
 
     def crash_orphaned_flow_runs(self) -> list[str]:
@@ -171,7 +396,7 @@ class Stack:
             WorkPoolFilterName,
         )
         from prefect.client.schemas.objects import StateType
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
         from prefect.states import Crashed
 
         active = FlowRunFilter(
@@ -180,7 +405,8 @@ class Stack:
             )
         )
         pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[WORK_POOL]))
-        with temporary_settings({PREFECT_API_URL: self.api_url}):
+        settings = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string()}
+        with temporary_settings(settings):
             with get_client(sync_client=True) as client:
                 orphans = client.read_flow_runs(flow_run_filter=active, work_pool_filter=pool)
                 for run in orphans:
@@ -192,23 +418,13 @@ class Stack:
         return [str(run.id) for run in orphans]
 
     def down(self) -> None:
+        """Stop the worker, then the server: only processes this stack started. Safe to
+        run any number of times."""
         for name in ("worker", "server"):
-            pid = self.pid(name)
-            if pid is None:
-                self._pidfile(name).unlink(missing_ok=True)
-                continue
             try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            for _ in range(40):
-                if not _alive(pid):
-                    break
-                time.sleep(0.25)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-            self._pidfile(name).unlink(missing_ok=True)
-            print(f"stopped {name} (pid {pid})")
+                self._stop(name)
+            except OSError as err:
+                print(f"{name}: could not stop it: {err}")
 
     def run_deployment(self, name: str, params: dict | None = None, timeout: float = 3600):
         args = ["deployment", "run", name, "--watch"]
@@ -217,10 +433,10 @@ class Stack:
         return self.prefect(*args, check=False, timeout=timeout)
 
 
-def _load_stack() -> Stack:
-    state = PROJECT_DIR / ".stack" / "stack.json"
+def _load_stack(state_dir: Path) -> Stack:
+    state = state_dir / "stack.json"
     port = json.loads(state.read_text())["port"] if state.exists() else DEFAULT_PORT
-    return Stack(port=port)
+    return Stack(state_dir=state_dir, port=port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,12 +445,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["up", "down", "run-demo", "status"])
     parser.add_argument("--port", type=int, default=None, help="server port (default 4200)")
+    parser.add_argument(
+        "--state-dir", type=Path, default=PROJECT_DIR / ".stack", help="default: .stack/"
+    )
     args = parser.parse_args(argv)
-    stack = _load_stack()
+    stack = _load_stack(args.state_dir)
     if args.port:
         stack.port = args.port
     if args.command == "up":
-        stack.up()
+        try:
+            stack.up()
+        except StackError as err:
+            print(f"stack up failed: {err}", file=sys.stderr)
+            return 1
     elif args.command == "down":
         stack.down()
     elif args.command == "status":
@@ -242,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = stack.pid(name)
             print(f"{name}: {f'running, pid {pid}' if pid else 'stopped'}")
         print(f"UI: {stack.ui_url} ({'healthy' if stack.healthy() else 'not answering'})")
+        print(f"UI login (API auth string): in {stack.state_dir / 'api-auth'}")
     else:
         print(
             f"running deployment anomaly-benchmark/demo (watch it in the UI: {stack.ui_url}/runs)",

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tasks.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
+from tasks.paths import UnsafePath, plain_name
 from tasks.results import DatasetError, DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def _prepare_folder(root: Path, categories: Sequence[str] | None) -> DatasetSpec
         # the folder is itself one category
         root, categories = root.parent, (root.name,)
     chosen = tuple(categories) if categories else tuple(_category_dirs(root))
+    require_plain_categories(chosen)
     if not chosen:
         raise DatasetError(f"no category folders in {root}: expected {root}/<category>/train/good/")
     _require_categories(root, chosen)
@@ -147,6 +149,16 @@ def _prepare_folder(root: Path, categories: Sequence[str] | None) -> DatasetSpec
     if not masks:
         log.info("no ground_truth/ in some categories of %s: pixel metrics not available", root)
     return DatasetSpec(kind="folder", root=root, categories=chosen, masks_expected=masks)
+
+
+def require_plain_categories(categories: Sequence[str] | None) -> None:
+    """Refuse a category that is not a plain folder name (`../x`, `a/b`, `.x`, empty)
+    before anything is read or created: it becomes a path under the data and the output."""
+    for category in categories or ():
+        try:
+            plain_name(category, "category")
+        except UnsafePath as err:
+            raise DatasetError(str(err)) from None
 
 
 def prepare_dataset(
@@ -158,6 +170,7 @@ def prepare_dataset(
     """
     if kind not in ("demo", "mvtec", "folder"):
         raise DatasetError(f"unknown dataset kind {kind!r}: use 'demo', 'mvtec' or 'folder'")
+    require_plain_categories(categories)
     if data_root is None and kind == "folder":
         raise DatasetError("dataset kind 'folder' needs data_root: the folder holding categories")
     # absolute, so anomalib (which resolves paths against its own root) sees the same folder

@@ -35,8 +35,10 @@ def prepare_dataset_task(
 
 
 @task(name="validate-manifest", retries=0)
-def validate_task(spec: DatasetSpec, cache_path: Path | None) -> ValidationReport:
-    _, report = validate_dataset(spec, cache_path=cache_path)
+def validate_task(
+    spec: DatasetSpec, cache_path: Path | None, validation_dir: str | None = None
+) -> ValidationReport:
+    _, report = validate_dataset(spec, cache_path=cache_path, validation_dir=validation_dir)
     return report
 
 
@@ -107,15 +109,17 @@ def check_dataset(
     categories: list[str] | None,
     store: ResultStore,
     run_id: str,
+    validation_dir: str | None = None,
 ) -> tuple[DatasetSpec | None, ValidationReport]:
-    """Prepare + validate, store and publish the result; never raises on bad data."""
+    """Prepare + validate (with the profile's `validation.directory`, if any), store and
+    publish the result; never raises on bad data."""
     logger = get_run_logger()
+    cache_path = Path(store.db_path).parent / "manifest-cache"
     try:
         spec = prepare_dataset_task(dataset, data_root, categories)
+        report = validate_task(spec, cache_path, validation_dir)
     except DatasetError as err:
         spec, report = None, layout_failure(dataset, categories, err)
-    else:
-        report = validate_task(spec, cache_path=Path(store.db_path).parent / "manifest-cache")
     root = Path(spec.root).resolve() if spec is not None else None
     store.write_validations(run_id, report, data_root=root)
     publish_validation(report, run_id)

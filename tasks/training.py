@@ -48,6 +48,7 @@ from anomalib.data.utils import Split, ValSplitMode
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
+from checks.manifest_schema import IMAGE_EXTENSIONS
 from tasks.evaluation import (
     VAL_IMAGE_AUROC,
     RankPreservingPostProcessor,
@@ -66,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 MODELS = ("patchcore", "efficientad")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # what anomalib globs, and the gate checks
 # An Adam learning rate 1000x too high: a real divergence, not a faked loss value.
 INJECTED_LR_FACTOR = 1000.0
 

@@ -23,8 +23,8 @@ import pandas as pd
 import pandera.pandas as pa
 
 from checks.dataset_expectations import run_dataset_suite
-from checks.manifest_schema import RULES, ManifestSchema
-from tasks.manifest import build_manifest
+from checks.manifest_schema import RULES, VALIDATION_CATEGORY, ManifestSchema
+from tasks.manifest import build_manifest, build_validation_manifest
 from tasks.results import DatasetSpec, RuleResult, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -71,27 +71,42 @@ def _pandera_rules(manifest: pd.DataFrame, spec: DatasetSpec) -> list[RuleResult
     failing = _pandera_failures(manifest)
     by_path = manifest.drop_duplicates("path").set_index("path")
     results = []
-    for category in spec.categories:
+    categories = list(spec.categories)
+    if (manifest["category"] == VALIDATION_CATEGORY).any():
+        categories.append(VALIDATION_CATEGORY)
+    for category in categories:
         for rule, message in RULES.items():
             paths = failing.pop((rule, category), [])
             results.append(_result("pandera", category, rule, message,
                                    [_explain(rule, p, by_path) for p in paths]))  # fmt: skip
     for (rule, category), examples in failing.items():  # column types, uniqueness, ...
-        results.append(_result("pandera", category, rule, f"schema check {rule}", examples))
+        message = RULES.get(rule, f"schema check {rule}")
+        results.append(_result("pandera", category, rule, message, examples))
     return results
 
 
+_DETAIL_FROM_READ_ERROR = ("file_opens_as_image", "regular_file", "no_symlinks",
+                           "file_within_size_cap")  # fmt: skip
+
+
 def _explain(rule: str, path: str, by_path: pd.DataFrame) -> str:
-    """The failing path, with the detail that makes the failure obvious."""
+    """The failing path (escaped when it holds control characters), with the detail that
+    makes the failure obvious."""
+    shown = path if path.isprintable() else ascii(path)
     if path not in by_path.index:
-        return path
+        return shown
     row = by_path.loc[path]
-    if rule == "file_opens_as_image" and row["read_error"]:
-        return f"{path} ({row['read_error']})"
+    if rule in _DETAIL_FROM_READ_ERROR and row["read_error"]:
+        return f"{shown} ({row['read_error']})"
+    if rule == "no_validation_test_overlap":
+        twins = by_path[(by_path["split"] == "test") & (by_path["sha256"] == row["sha256"])]
+        return f"{shown} (same content as {', '.join(twins.index[:3])})"
+    if rule == "pixel_format" and row["mode"]:
+        return f"{shown} (mode {row['mode']})"
     if rule == "mask_matches_image_size" and row["image_path"] in by_path.index:
         image = by_path.loc[row["image_path"]]
-        return f"{path} ({row['width']}x{row['height']}, image {image['width']}x{image['height']})"
-    return path
+        return f"{shown} ({row['width']}x{row['height']}, image {image['width']}x{image['height']})"
+    return shown
 
 
 def _result(tool: str, category: str, rule: str, message: str, examples: list[str]) -> RuleResult:
@@ -135,8 +150,14 @@ def validate_manifest(
 
 
 def validate_dataset(
-    spec: DatasetSpec, cache_path: Path | None = None
+    spec: DatasetSpec, cache_path: Path | None = None, validation_dir: str | Path | None = None
 ) -> tuple[pd.DataFrame, ValidationReport]:
-    """Build the manifest of `spec` (cached at `cache_path`, if given) and validate it."""
+    """Build the manifest of `spec` (cached at `cache_path`, if given) and validate it.
+
+    `validation_dir` (a profile's `validation.directory`) joins the manifest as category
+    `<validation>`: the same file rules, plus no content shared with any test image."""
     manifest = build_manifest(spec, cache_path=cache_path)
+    if validation_dir:
+        extra = build_validation_manifest(validation_dir, cache_path=cache_path)
+        manifest = pd.concat([manifest, extra], ignore_index=True).astype(manifest.dtypes)
     return manifest, validate_manifest(manifest, spec)

@@ -93,5 +93,7 @@ def test_category_with_no_files_fails_only_on_counts(tmp_path):
     (tmp_path / "data" / "empty" / "train" / "good").mkdir(parents=True)
     spec = prepare_dataset("folder", tmp_path / "data", None)
     manifest, report = validate_dataset(spec)
-    assert manifest.empty
-    assert {r.rule for r in report.failures} == {"min_images_per_split", "test_has_both_classes"}
+    assert list(manifest["file_type"]) == ["empty_folder"]
+    assert {r.rule for r in report.failures} == {
+        "min_images_per_split", "test_has_both_classes", "no_empty_folders"
+    }  # fmt: skip
