@@ -6,6 +6,11 @@ writes every step's logged losses to a gzipped CSV (`step,loss_name,value`) with
 comment saying how the curve was made. The file is rewritten every `--flush-every` steps,
 so an interrupted run still leaves a usable (shorter) curve.
 
+`--image-size 128` makes a run about 4x cheaper: the images are 128 px and the
+autoencoder's last encoder convolution (8x8 at 1/32 scale, which needs 256 px) becomes
+4x4; everything else (teacher, student, losses, optimizer, batch size 1) is anomalib's
+EfficientAD. The header of the file says which size made it.
+
 The stored curves under `benchmarks/data/clean_loss_curves/` are what
 `tests/test_loss_spikes.py` replays through the detector to require zero false alarms,
 and what `python -m benchmarks.spike_detection --replay` reports on.
@@ -25,12 +30,14 @@ from typing import Any
 
 import torch
 from anomalib.engine import Engine
+from anomalib.models import EfficientAd
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from tasks.demo_data import ensure_demo_dataset
+from tasks.efficientad_offline import build_efficientad
 from tasks.profiles import load_profile
 from tasks.results import DatasetSpec
-from tasks.training import build_model, make_datamodule, quiet_training
+from tasks.training import make_datamodule, quiet_training
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "clean_loss_curves"
 LOSS_NAMES = ("train_st", "train_ae", "train_stae", "train_loss")
@@ -96,6 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--flush-every", type=int, default=100)
+    parser.add_argument("--image-size", type=int, choices=(128, 256), default=256)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp folder")
     parser.add_argument("--weights-dir", default=None, help="offline teacher cache")
@@ -113,17 +121,23 @@ def main() -> None:
     out = args.out or DATA_DIR / f"efficientad_{args.category}_seed{args.seed}.csv.gz"
     header = (
         f"EfficientAD-{settings.model_size} quick profile, {args.steps} planned steps, batch "
-        f"{settings.train_batch_size}, image {settings.image_size} px, lr {settings.lr}, "
+        f"{settings.train_batch_size}, image {args.image_size} px, lr {settings.lr}, "
         f"precision {settings.training_precision}, seed {args.seed}, category {args.category} "
         f"(demo data), offline teacher ({settings.teacher_distill_steps} distill steps), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
         f"command: python -m benchmarks.clean_loss_curves --category {args.category} "
-        f"--steps {args.steps} --seed {args.seed}"
+        f"--steps {args.steps} --seed {args.seed} --image-size {args.image_size}"
     )
     datamodule, _, _ = make_datamodule(spec, args.category, profile, settings.train_batch_size)
     seed_everything(args.seed, workers=True, verbose=False)
     weights_dir = Path(args.weights_dir) if args.weights_dir else work / "weights"
-    model, _ = build_model("efficientad", settings, weights_dir)
+    model, _ = build_efficientad(
+        settings,
+        cache_dir=weights_dir,
+        pre_processor=EfficientAd.configure_pre_processor((args.image_size,) * 2),
+    )
+    if args.image_size == 128:
+        model.model.ae.encoder.enconv6 = torch.nn.Conv2d(64, 64, kernel_size=4)
     recorder = _Recorder(out, header, args.flush_every)
     engine = Engine(
         default_root_dir=work / "run",

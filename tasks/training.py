@@ -506,7 +506,10 @@ def fit_with_recovery(prep: Prepared) -> tuple[list[TrainedAttempt], list[Traini
             prep.datamodule,
             profile,
             prep.run_dir,
-            [_ProgressCallback(prep.report, 0.05, 0.6, f"{prep.label} memory bank")],
+            [
+                _ProgressCallback(prep.report, 0.05, 0.6, f"{prep.label} memory bank"),
+                *prep.callbacks,
+            ],
             {},
         )
         validate_attempt(trained, prep.datamodule, profile.validation.confidence)
