@@ -179,4 +179,5 @@ class ModelResult:
     train_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     stages: list[StageOutcome] = field(default_factory=list)
-    cached_from: str | None = None  # run id whose trained result this one reuses
+    trained_in: str | None = None  # run id of the run that trained it
+    cached_from: str | None = None  # set when served from the cache: that run's id
