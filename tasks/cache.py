@@ -35,8 +35,9 @@ PROJECT_PACKAGES = ("tasks", "checks", "flows")
 LIBRARIES = ("anomalib", "torch", "torchvision", "lightning", "timm", "scikit-learn")
 
 
-def code_fingerprint(root: Path = REPO_ROOT, packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
+def code_fingerprint(root: Path | None = None, packages: tuple[str, ...] = PROJECT_PACKAGES) -> str:
     """sha256 over every Python file of the project's packages (relative path + bytes)."""
+    root = root or REPO_ROOT
     digest = hashlib.sha256()
     for package in packages:
         for path in sorted((root / package).rglob("*.py")):
