@@ -253,3 +253,34 @@ def test_validation_can_come_from_a_named_folder(make_dataset, weights_dir, tmp_
 def test_unknown_model_is_refused(tiny_spec, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         training.train_and_evaluate("padim", "widget", tiny_spec, load_profile("quick"), tmp_path)
+
+
+def _hot_share_inside_mask(overlay_path: Path, image_path: Path, mask_path: Path) -> float:
+    """Share of the overlay's reddest 2 % of pixels (the hottest region) inside the
+    true defect's mask, widened by 4 px."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    overlay = np.asarray(Image.open(overlay_path).convert("RGB"), dtype=np.float32)
+    h, w = overlay.shape[:2]
+    base = np.asarray(Image.open(image_path).convert("RGB").resize((w, h)), dtype=np.float32)
+    red_added = overlay[..., 0] - base[..., 0]
+    hot = red_added >= np.percentile(red_added, 98)
+    mask = Image.open(mask_path).convert("L").resize((w, h)).filter(ImageFilter.MaxFilter(9))
+    return float((hot & (np.asarray(mask) > 127)).sum() / hot.sum())
+
+
+@pytest.mark.slow
+def test_best_overlay_lights_up_the_defect_on_a_demo_category(demo_root, weights_dir, tmp_path):
+    spec = DatasetSpec(kind="demo", root=demo_root, categories=("demo_grass",))
+    profile = _patchcore_profile(weights_dir, patchcore={"image_size": 128})
+
+    result = training.train_and_evaluate("patchcore", "demo_grass", spec, profile, tmp_path / "r")
+
+    best = Path(result.artifacts["overlay_best_0"])  # the highest-scored defective image
+    top = max((s for s in result.scores if s["label"] == 1), key=lambda s: s["score"])
+    source = Path(top["path"])
+    mask = (
+        demo_root / "demo_grass" / "ground_truth" / source.parent.name / f"{source.stem}_mask.png"
+    )
+    assert _hot_share_inside_mask(best, source, mask) > 0.5
