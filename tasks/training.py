@@ -445,7 +445,10 @@ def fit_attempt(
     model.evaluator = None  # metrics come from raw scores (tasks.evaluation)
     model.post_processor = raw_score_post_processor()
     model.visualizer = None  # overlays are written by tasks.evaluation, for a few images only
-    watcher = LossSpikeCallback(profile.spike, attempt=number)
+    gradient = model_name == "efficientad"
+    # PatchCore has no gradient steps to roll back: no checkpoints of its backbone
+    spike = profile.spike if gradient else profile.spike.model_copy(update={"checkpoint_every": 0})
+    watcher = LossSpikeCallback(spike, attempt=number)
     collector = PredictionCollector()
     engine = _engine(
         run_dir / f"attempt_{number}",
@@ -454,7 +457,6 @@ def fit_attempt(
         **trainer_args,
     )
     engine.fit(model, datamodule=datamodule)
-    gradient = model_name == "efficientad"
     attempt = TrainingAttempt(
         attempt=number,
         seed=seed,
