@@ -1,5 +1,9 @@
 """How well the loss-spike detector works on real EfficientAD training runs.
 
+Also replays the stored long clean curves (`benchmarks/data/clean_loss_curves`, made by
+`python -m benchmarks.clean_loss_curves`) through the detector: every flag there is a
+false alarm. `--replay-only` skips the training runs.
+
 Runs short EfficientAD trainings (anomalib Engine, offline teacher) on one demo category:
 `--seeds` clean runs, whose every flag is a false positive, and as many runs with a real
 injected divergence (learning rate x1000 from step `--inject-at`), which count as
@@ -25,7 +29,8 @@ from tasks.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
 from tasks.loss_spikes import LossSpikeDetector
 from tasks.profiles import SpikeSettings, load_profile
 from tasks.results import DatasetSpec
-from tasks.training import LearningRateBlowUp, fit_attempt, make_datamodule, quiet_training
+from tasks.training import fit_attempt, make_datamodule, quiet_training
+from tests.spike_injection import LearningRateBlowUp
 
 DETECTION_WINDOW = 3  # steps after the injection within which a flag counts as detection
 
@@ -39,9 +44,29 @@ def _replay(curves: list[list[tuple[int, str, float]]], settings: SpikeSettings)
     return flagged
 
 
+def replay_stored() -> None:
+    """False alarms of the detector on the stored long clean curves, at several settings."""
+    from benchmarks.clean_loss_curves import DATA_DIR, read_curve
+
+    curves = {p.name: read_curve(p) for p in sorted(DATA_DIR.glob("*.csv.gz"))}
+    for name, rows in curves.items():
+        steps = len({s for s, n, _ in rows if n == "train_loss"})
+        print(f"stored clean curve {name}: {steps} steps")
+    default = SpikeSettings()
+    for z in (6.0, default.robust_z):
+        for persistence in (1, 2, default.persistence):
+            settings = default.model_copy(update={"robust_z": z, "persistence": persistence})
+            alarms = _replay(list(curves.values()), settings)
+            print(
+                f"replay stored curves at robust_z {z:4.1f}, persistence {persistence}: "
+                f"{alarms}/{len(curves)} curves with a false alarm"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--replay-only", action="store_true", help="only the stored curves")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--inject-at", type=int, default=25)
     parser.add_argument("--category", default=DEMO_CATEGORIES[0])
@@ -53,6 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    replay_stored()
+    if args.replay_only:
+        return
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="spike_benchmark_"))
     root = ensure_demo_dataset(work / "demo")
     spec = DatasetSpec(kind="demo", root=root, categories=(args.category,))
@@ -87,19 +115,26 @@ def main() -> None:
                     callbacks,
                     {"max_steps": args.steps, "precision": profile.efficientad.training_precision},
                 )
-                spike = watcher.spike
+                # the first event: a rollback, or a stop for a fresh restart
+                event = watcher.recoveries[0] if watcher.recoveries else watcher.spike
+                onset = None
+                if watcher.recoveries:
+                    onset, magnitude = event.onset_step, event.magnitude
+                    text = event.describe()
+                elif event is not None:
+                    onset, magnitude, text = event.first_step, event.magnitude, event.describe()
                 kind = "clean" if inject is None else f"lr x1000 at step {inject}"
                 print(
                     f"seed {seed} {kind:>22}: steps {trained.attempt.steps:3d}, "
-                    f"flag {spike.describe() if spike else 'none'}"
+                    f"event {text if onset is not None else 'none'}"
                 )
                 if inject is None:
                     clean_curves.append(watcher.losses)
-                    false_alarms.append(spike is not None)
-                elif spike is not None and inject < spike.step <= inject + DETECTION_WINDOW:
+                    false_alarms.append(onset is not None)
+                elif onset is not None and inject < onset <= inject + DETECTION_WINDOW:
                     detected += 1
-                    delays.append(spike.step - inject)
-                    magnitudes.append(spike.magnitude)
+                    delays.append(onset - inject)
+                    magnitudes.append(magnitude or float("inf"))
     elapsed = time.perf_counter() - started
 
     n = args.seeds

@@ -12,7 +12,6 @@ fails is listed in the run's `error`, the other cells go on, and the run ends
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cache import mark_cached, training_cache_key
 from tasks.gate import DatasetValidationFailed, check_dataset
 from tasks.paths import artifact_dir
 from tasks.profiles import Profile, load_profile
@@ -45,34 +45,10 @@ from tasks.store import DEFAULT_LOCK_TIMEOUT_S
 from tasks.training import train_and_evaluate
 
 MODELS = ("patchcore", "efficientad")
-CODE_VERSION_FILES = ("tasks/training.py", "tasks/backbones.py", "tasks/efficientad_offline.py")
 
 
 class BenchmarkIncomplete(RuntimeError):
     """Some (model, category) produced no result; the others are stored."""
-
-
-def _code_fingerprint() -> str:
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for name in CODE_VERSION_FILES:
-        path = root / name
-        if path.exists():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def training_cache_key(context, parameters: dict) -> str:
-    """Same data (hash), same settings, same code: the trained result is reused."""
-    profile: Profile = parameters["profile"]
-    key = {
-        "model": parameters["model_name"],
-        "category": parameters["category"],
-        "dataset_hash": parameters["dataset_hash"],
-        "profile": profile.model_dump(mode="json"),
-        "code": _code_fingerprint(),
-    }
-    return "train-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 @task(
@@ -91,7 +67,10 @@ def train_and_evaluate_task(
     profile: Profile,
     run_dir: Path,
     dataset_hash: str,
+    run_id: str,
 ) -> ModelResult:
+    """Train and evaluate one cell; the cache key (tasks.cache) leaves `run_id` out, so a
+    cached result keeps the id of the run that trained it."""
     logger = get_run_logger()
     artifact_id = create_progress_artifact(
         progress=0.0,
@@ -103,6 +82,7 @@ def train_and_evaluate_task(
         logger.info("%s/%s: %s", model_name, category, message)
 
     result = train_and_evaluate(model_name, category, spec, profile, run_dir, progress=progress)
+    result.trained_in = run_id
     update_progress_artifact(artifact_id, progress=100.0)
     return result
 
@@ -180,10 +160,11 @@ def benchmark(
                 settings,
                 artifact_dir(output_dir, run_id, model, category),
                 report.dataset_hash,
+                run_id,
                 return_state=True,
             )
             try:
-                result = state.result()
+                result = mark_cached(state.result(), run_id)
                 store.write_result(run_id, result)  # one transaction per cell
             except Exception as err:  # noqa: BLE001 - one failed cell must not lose the others
                 logger.error("%s on %s was not stored: %s", model, category, err)

@@ -7,13 +7,14 @@ inference export, `Engine.export(..., ExportType.TORCH)`: the whole module, pre-
 package; it is not installed here, so only the torch export is written.
 
 `load_exported` gives an `ExportedModel` whose `.score(image_path)` returns the image's
-anomaly score as the exported module computes it (post-processed, i.e. normalised so
-that 0.5 is the learned threshold).
+anomaly score as the exported module computes it: the model's raw score, the same value
+the benchmark's metrics use (the post-processor adds a label at the threshold fitted on
+validation data, it does not rescale the score).
 
 Example:
     >>> artifacts = export_model(model, engine, run_dir / "export")
     >>> load_exported(artifacts["torch"]).score("test/broken/000.png")
-    0.93
+    31.7
 """
 
 from __future__ import annotations

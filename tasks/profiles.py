@@ -37,21 +37,48 @@ class SpikeSettings(_Settings):
         ("train_loss",),
         description="losses judged for spikes; every logged loss is checked for NaN/inf",
     )
+    persistence: int = Field(
+        3, ge=1, description="flagged steps in a row that confirm a spike (NaN/inf: at once)"
+    )
+    checkpoint_every: int = Field(
+        5, ge=0, description="steps between rolling in-memory checkpoints; 0 = no rollback"
+    )
+    max_rollbacks: int = Field(
+        2, ge=0, description="rollbacks per attempt before a fresh restart (the last resort)"
+    )
+    rollback_lr_factor: float = Field(
+        0.5, gt=0, le=1, description="each rollback multiplies the learning rate by this"
+    )
+    max_extra_steps_share: float = Field(
+        0.1, ge=0, le=1, description="rolled-back steps are added back, up to this share of plan"
+    )
 
 
 class ValidationSettings(_Settings):
     """Where validation data comes from; it selects among attempts and sets thresholds.
 
     The test split is never touched: by default a share of train/good is held out and
-    anomalib paints synthetic (Perlin) anomalies into half of it."""
+    each held-out image is kept as a normal one and also painted with
+    `anomalies_per_image` synthetic anomalies (anomalib's Perlin generator), so 6 held-out
+    images give 6 x 18 = 108 normal/anomalous pairs rather than 3 x 3."""
 
     split_ratio: float = Field(0.25, gt=0, lt=1, description="share of train/good held out")
+    anomalies_per_image: int = Field(
+        3, ge=1, description="synthetic anomalous copies painted into each held-out image"
+    )
+    anomaly_blend: tuple[float, float] = Field(
+        (0.5, 1.0), description="opacity range of the painted anomalies (anomalib: 0.01-0.2)"
+    )
     directory: str | None = Field(
         None,
         description="a folder with good/ and defect subfolders used instead of the synthetic split",
     )
-    min_image_auroc: float = Field(
-        0.5, ge=0, le=1, description="below this (or NaN) the attempt is implausible: retrain"
+    confidence: float = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="level of the validation AUROC interval; a model is retrained only when "
+        "the interval's upper bound is below chance, or its scores are non-finite or constant",
     )
 
 

@@ -108,6 +108,7 @@ def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) 
     run, results, metrics = data["run"], data["results"], data["metrics"]
     averages, latency, attempts = data["averages"], data["latency"], data["attempts"]
     losses, roc, validations = data["losses"], data["roc"], data["validations"]
+    recoveries, stages = data["recoveries"], data["stages"]
     artifacts, score_counts = data["artifacts"], data["score_counts"]
     comparison, history = data["comparison"], data["history"]
     comparison = [_clean(r) for r in comparison.to_dict("records")]
@@ -123,7 +124,9 @@ def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) 
         "all_metrics": metrics,
         "latency": latency,
         "roc_charts": _roc_charts(models, categories, roc, metrics),
-        "loss_charts": _loss_charts(attempts, losses),
+        "loss_charts": _loss_charts(attempts, losses, recoveries),
+        "stage_failures": [s for s in stages if s["status"] == "failed"],
+        "stages": stages,
         "validation": _validation_summary(validations, run),
         "overlays": _overlays(artifacts),
         "other_artifacts": [a for a in artifacts if not a["kind"].startswith("overlay")],
@@ -157,6 +160,7 @@ def _comparison_table(models, categories, metrics, averages, latency, result_by_
                 "fallback": bool(result and result["weights_source"] == "fallback"),
                 "metrics": {m: metric_at.get((model, category, m)) for m in TABLE_METRICS},
                 "latency": headline_latency.get((model, category)),
+                "cached_from": result.get("cached_from") if result else None,
             }
         body.append({"category": category, "cells": cells})
     average = {(a["model"], a["metric"]): a for a in averages if a["metric"] in TABLE_METRICS}
@@ -174,6 +178,7 @@ def _comparison_table(models, categories, metrics, averages, latency, result_by_
         "average": average,
         "latency_average": latency_avg,
         "any_fallback": any(r["weights_source"] == "fallback" for r in result_by_key.values()),
+        "cached": [r for r in result_by_key.values() if r.get("cached_from")],
     }
 
 
@@ -225,12 +230,15 @@ def _roc_charts(models, categories, roc, metrics) -> list[dict]:
     return charts
 
 
-def _loss_charts(attempts, losses) -> list[dict]:
+def _loss_charts(attempts, losses, recoveries=()) -> list[dict]:
     keys = list(dict.fromkeys((a["model"], a["category"]) for a in attempts))
     keys += [k for k in dict.fromkeys((x["model"], x["category"]) for x in losses) if k not in keys]
     charts = []
     for model, category in keys:
-        tries = [a for a in attempts if (a["model"], a["category"]) == (model, category)]
+        tries = [dict(a) for a in attempts if (a["model"], a["category"]) == (model, category)]
+        rolled = [r for r in recoveries if (r["model"], r["category"]) == (model, category)]
+        for a in tries:
+            a["recoveries"] = [r for r in rolled if r["attempt"] == a["attempt"]]
         curves = [x for x in losses if (x["model"], x["category"]) == (model, category)]
         chosen = {a["attempt"] for a in tries if a["chosen"]}
         loss_names = list(dict.fromkeys(c["loss_name"] for c in curves))
@@ -263,6 +271,15 @@ def _loss_charts(attempts, losses) -> list[dict]:
             )
             for a in tries
             if a["spike_step"] is not None and a["spike_value"] is not None
+        ] + [
+            Marker(
+                r["onset_step"],
+                r["value"],
+                f"attempt {r['attempt']}: spike in {r['loss_name']} at step {r['onset_step']}, "
+                f"rolled back to step {r['restored_step']}",
+            )
+            for r in rolled
+            if r["value"] is not None
         ]
         values = [v for c in curves for v in c["values"] if v is not None and math.isfinite(v)]
         svg = None
@@ -286,6 +303,8 @@ def _validation_summary(validations, run) -> dict:
     failed = [v for v in validations if not v["passed"]]
     return {
         "rules": validations,
+        "failing": failed,
+        "passing": [v for v in validations if v["passed"]],
         "failed": len(failed),
         "total": len(validations),
         "notes": run["dataset_notes"] or [],

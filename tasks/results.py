@@ -93,6 +93,32 @@ def printable(text: str) -> str:
 
 
 @dataclass
+class Recovery:
+    """One rollback during an attempt: the spike, the checkpoint restored, the new lr."""
+
+    attempt: int
+    spike_step: int  # the step that confirmed the spike
+    onset_step: int  # its first flagged step
+    restored_step: int  # the step of the checkpoint restored
+    skipped_batches: int  # batches between the checkpoint and the spike, not replayed
+    extra_steps: int  # steps added back to the plan for them
+    loss_name: str
+    value: float | None
+    magnitude: float | None
+    reason: str  # robust_z | ratio | non_finite
+    learning_rate_before: float | None
+    learning_rate_after: float | None
+
+    def describe(self) -> str:
+        return (
+            f"{self.loss_name} spiked at step {self.onset_step} ({self.reason}, confirmed at "
+            f"step {self.spike_step}): rolled back to the checkpoint of step "
+            f"{self.restored_step}, skipped {self.skipped_batches} batches, learning rate "
+            f"{self.learning_rate_before:.3g} -> {self.learning_rate_after:.3g}"
+        )
+
+
+@dataclass
 class TrainingAttempt:
     """One try at training one (model, category); every attempt is kept."""
 
@@ -101,14 +127,19 @@ class TrainingAttempt:
     learning_rate: float | None
     steps: int  # optimizer steps actually run
     end_reason: str  # "completed", "loss_spike", "non_finite_loss", "implausible_validation"
+    # (a spike that was rolled back does not end the attempt: see `recoveries`)
     chosen: bool = False
     spike_step: int | None = None
     spike_loss_name: str | None = None
     spike_value: float | None = None
     spike_magnitude: float | None = None  # robust z-score or ratio to the rolling median
     retry_reason: str | None = None  # why the next attempt was started
-    validation_metric: float | None = None  # metric used to select the final model
+    validation_metric: float | None = None  # validation image AUROC (raw scores, float64)
+    validation_low: float | None = None  # its Hanley-McNeil 95 % interval
+    validation_high: float | None = None
+    validation_pairs: int | None = None  # normal x anomalous validation pairs behind it
     losses: list[tuple[int, str, float]] = field(default_factory=list)  # (step, name, value)
+    recoveries: list[Recovery] = field(default_factory=list)  # rollbacks during the attempt
 
 
 @dataclass
@@ -122,6 +153,17 @@ class LatencyResult:
     peak_memory_mb: float
     precision: str  # "fp32", "bf16", ...
     path: str  # what was timed: "torch", "openvino", "anomalib_test"...
+
+
+@dataclass
+class StageOutcome:
+    """A stage after the metrics that can fail on its own (export, latency): stored
+    either way, with its error, so a missing figure is never silent."""
+
+    stage: str  # export | latency
+    status: str  # completed | failed | cached
+    error: str | None = None
+    seconds: float | None = None
 
 
 @dataclass
@@ -143,3 +185,6 @@ class ModelResult:
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path
     train_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    stages: list[StageOutcome] = field(default_factory=list)
+    trained_in: str | None = None  # run id of the run that trained it
+    cached_from: str | None = None  # set when served from the cache: that run's id

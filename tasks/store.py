@@ -56,6 +56,8 @@ CORE_METRICS = ("image_auroc", "pixel_auroc", "image_f1", "pixel_f1", "aupro")
 RESULT_TABLES = (
     "results",
     "training_attempts",
+    "recoveries",
+    "stages",
     "losses",
     "metrics",
     "roc_points",
@@ -115,7 +117,8 @@ CREATE TABLE IF NOT EXISTS results (
     train_seconds       DOUBLE,
     status              VARCHAR NOT NULL,  -- completed | no_metrics
     notes               VARCHAR[] NOT NULL DEFAULT [],
-    written_at          TIMESTAMP NOT NULL
+    written_at          TIMESTAMP NOT NULL,
+    cached_from         VARCHAR            -- run that trained it, when served from cache
 );
 CREATE TABLE IF NOT EXISTS training_attempts (
     run_id            VARCHAR NOT NULL,
@@ -132,7 +135,36 @@ CREATE TABLE IF NOT EXISTS training_attempts (
     end_reason        VARCHAR NOT NULL,
     retry_reason      VARCHAR,
     validation_metric DOUBLE,
-    chosen            BOOLEAN NOT NULL
+    chosen            BOOLEAN NOT NULL,
+    validation_low    DOUBLE,           -- Hanley-McNeil 95 % interval of validation_metric
+    validation_high   DOUBLE,
+    validation_pairs  INTEGER           -- normal x anomalous validation pairs
+);
+CREATE TABLE IF NOT EXISTS recoveries (
+    run_id               VARCHAR NOT NULL,
+    model                VARCHAR NOT NULL,
+    category             VARCHAR NOT NULL,
+    attempt              INTEGER NOT NULL,
+    spike_step           INTEGER NOT NULL,  -- step that confirmed the spike
+    onset_step           INTEGER NOT NULL,  -- its first flagged step
+    restored_step        INTEGER NOT NULL,  -- checkpoint rolled back to
+    skipped_batches      INTEGER NOT NULL,
+    extra_steps          INTEGER NOT NULL,
+    loss_name            VARCHAR,
+    value                DOUBLE,
+    magnitude            DOUBLE,
+    reason               VARCHAR,
+    learning_rate_before DOUBLE,
+    learning_rate_after  DOUBLE
+);
+CREATE TABLE IF NOT EXISTS stages (
+    run_id   VARCHAR NOT NULL,
+    model    VARCHAR NOT NULL,
+    category VARCHAR NOT NULL,
+    stage    VARCHAR NOT NULL,      -- export | latency
+    status   VARCHAR NOT NULL,      -- completed | failed | cached
+    error    VARCHAR,
+    seconds  DOUBLE
 );
 CREATE TABLE IF NOT EXISTS losses (
     run_id    VARCHAR NOT NULL,
@@ -218,6 +250,21 @@ MIGRATIONS: dict[int, list[str]] = {
                version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL,
                code_version VARCHAR NOT NULL)""",
         "ALTER TABLE runs ADD COLUMN error VARCHAR",
+        "ALTER TABLE results ADD COLUMN cached_from VARCHAR",
+        "ALTER TABLE training_attempts ADD COLUMN validation_low DOUBLE",
+        "ALTER TABLE training_attempts ADD COLUMN validation_high DOUBLE",
+        "ALTER TABLE training_attempts ADD COLUMN validation_pairs INTEGER",
+        """CREATE TABLE recoveries (
+               run_id VARCHAR NOT NULL, model VARCHAR NOT NULL, category VARCHAR NOT NULL,
+               attempt INTEGER NOT NULL, spike_step INTEGER NOT NULL,
+               onset_step INTEGER NOT NULL, restored_step INTEGER NOT NULL,
+               skipped_batches INTEGER NOT NULL, extra_steps INTEGER NOT NULL,
+               loss_name VARCHAR, value DOUBLE, magnitude DOUBLE, reason VARCHAR,
+               learning_rate_before DOUBLE, learning_rate_after DOUBLE)""",
+        """CREATE TABLE stages (
+               run_id VARCHAR NOT NULL, model VARCHAR NOT NULL, category VARCHAR NOT NULL,
+               stage VARCHAR NOT NULL, status VARCHAR NOT NULL, error VARCHAR,
+               seconds DOUBLE)""",
     ],
 }
 
@@ -285,6 +332,8 @@ REPORT_SQL = {
     "attempts": """
         SELECT * FROM training_attempts WHERE run_id = $run_id
         ORDER BY model, category, attempt""",
+    "recoveries": "SELECT * FROM recoveries WHERE run_id = $run_id ORDER BY ALL",
+    "stages": "SELECT * FROM stages WHERE run_id = $run_id ORDER BY model, category, stage",
     "losses": """
         SELECT model, category, attempt, loss_name, list(step ORDER BY step) AS steps,
                list(value ORDER BY step) AS values
@@ -769,8 +818,8 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
     con.execute(
         """INSERT INTO results (run_id, model, category, profile, settings, weights,
                weights_source, paper_configuration, device, train_seconds, status, notes,
-               written_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               written_at, cached_from)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             *key,
             result.profile,
@@ -783,6 +832,7 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
             "completed" if available else "no_metrics",
             list(result.notes),
             _utcnow(),
+            result.cached_from,
         ],
     )
 
@@ -806,6 +856,43 @@ def _insert_attempts(con, key: tuple[str, str, str], result: ModelResult) -> Non
             "retry_reason": ("VARCHAR", [a.retry_reason for a in attempts]),
             "validation_metric": ("DOUBLE", [a.validation_metric for a in attempts]),
             "chosen": ("BOOLEAN", [bool(a.chosen) for a in attempts]),
+            "validation_low": ("DOUBLE", [a.validation_low for a in attempts]),
+            "validation_high": ("DOUBLE", [a.validation_high for a in attempts]),
+            "validation_pairs": ("INTEGER", [a.validation_pairs for a in attempts]),
+        },
+    )
+    recoveries = [r for a in attempts for r in a.recoveries]
+    _insert_columns(
+        con,
+        "recoveries",
+        key,
+        {
+            name: (sql_type, [getattr(r, name) for r in recoveries])
+            for name, sql_type in (
+                ("attempt", "INTEGER"),
+                ("spike_step", "INTEGER"),
+                ("onset_step", "INTEGER"),
+                ("restored_step", "INTEGER"),
+                ("skipped_batches", "INTEGER"),
+                ("extra_steps", "INTEGER"),
+                ("loss_name", "VARCHAR"),
+                ("value", "DOUBLE"),
+                ("magnitude", "DOUBLE"),
+                ("reason", "VARCHAR"),
+                ("learning_rate_before", "DOUBLE"),
+                ("learning_rate_after", "DOUBLE"),
+            )
+        },
+    )
+    _insert_columns(
+        con,
+        "stages",
+        key,
+        {
+            "stage": ("VARCHAR", [s.stage for s in result.stages]),
+            "status": ("VARCHAR", [s.status for s in result.stages]),
+            "error": ("VARCHAR", [s.error for s in result.stages]),
+            "seconds": ("DOUBLE", [s.seconds for s in result.stages]),
         },
     )
     losses = [(a.attempt, step, name, value) for a in attempts for step, name, value in a.losses]

@@ -1,24 +1,24 @@
-"""Train and evaluate one (model, category): attempts, spike-driven retraining, test metrics.
+"""Train and evaluate one (model, category), as a sequence of named stages.
 
-`train_and_evaluate` runs anomalib's `Engine` on an MVTec-layout category:
+`train_and_evaluate` reads as the pipeline it runs:
 
-1. Data: anomalib's `Folder` datamodule. The test split is the complete test folder;
-   validation never comes from it. By default a share of train/good is held out and
-   anomalib paints synthetic anomalies into half of it (`ValSplitMode.SYNTHETIC`), or a
+1. `prepare`: anomalib's `Folder` datamodule over an MVTec-layout category. The test
+   split is the complete test folder; validation never comes from it. By default a
+   share of train/good is held out, and every held-out image is kept as a normal one
+   and painted with several synthetic anomalies (anomalib's Perlin generator); or a
    folder the user names is used.
-2. Training: PatchCore (Roth et al. 2022, "Towards Total Recall in Industrial Anomaly
-   Detection") is one fit of its memory bank: one attempt. EfficientAD (Batzner et al.
-   2024, "EfficientAD: Accurate Visual Anomaly Detection at Millisecond-Level
-   Latencies") trains by gradient descent, watched by `tasks.loss_spikes`: a loss spike
-   or a non-finite loss stops the attempt, and so does an implausible validation AUROC
-   after it. Each retry restarts from fresh weights with a deliberate change (a new seed,
-   the learning rate times `profile.retry_lr_factor`), at most `profile.max_attempts`.
-   Restarting rather than resuming guarantees no spiked weight survives; at the quick
-   profile's step counts it costs little.
-3. Selection by validation image AUROC, never by test data. Every attempt is recorded.
-4. Test: anomalib's metrics on the complete test split (see `tasks.evaluation`), every
-   image's score, ROC points, overlays; then export and latency through `tasks.export`
-   and `tasks.speed`.
+2. `fit_with_recovery`: PatchCore (Roth et al. 2022, "Towards Total Recall in
+   Industrial Anomaly Detection") is one fit of its memory bank. EfficientAD (Batzner
+   et al. 2024, "EfficientAD: Accurate Visual Anomaly Detection at Millisecond-Level
+   Latencies") trains by gradient descent under `tasks.loss_spikes`: a confirmed spike
+   rolls back to the last good in-memory checkpoint with a lower learning rate and
+   goes on to the planned step count. A fresh restart (new seed, learning rate times
+   `profile.retry_lr_factor`) is the last resort: no checkpoint before the spike,
+   repeated rollbacks, or a validation that says the model is broken (see
+   `tasks.evaluation.judge_validation`), at most `profile.max_attempts` attempts.
+3. `select`: the attempt with the best validation image AUROC, never test data.
+4. `evaluate`: raw test scores, float64 metrics, ROC points, overlays.
+5. `export` and `time_inference`: each stored as completed or failed with its error.
 
 Example:
     >>> from tasks.profiles import load_profile
@@ -33,43 +33,56 @@ import contextlib
 import functools
 import logging
 import math
+import tempfile
 import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from anomalib.data import Folder
+from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.datasets.image.folder import FolderDataset
-from anomalib.data.utils import Split, ValSplitMode
+from anomalib.data.utils import Split, ValSplitMode, read_image
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from anomalib.data.utils.split import random_split
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+from PIL import Image
 
 from checks.manifest_schema import IMAGE_EXTENSIONS
 from tasks.evaluation import (
-    VAL_IMAGE_AUROC,
-    RankPreservingPostProcessor,
-    TestPredictionCollector,
-    build_evaluator,
+    PredictionCollector,
+    ScoredImage,
+    ValidationVerdict,
     image_scores,
-    metrics_from_test,
+    judge_validation,
+    raw_score_post_processor,
     roc_points,
     save_overlays,
+    test_metrics,
 )
 from tasks.loss_spikes import LossSpike, LossSpikeCallback
-from tasks.profiles import EfficientAdSettings, PatchCoreSettings, Profile
-from tasks.results import DatasetError, DatasetSpec, ModelResult, TrainingAttempt
+from tasks.profiles import EfficientAdSettings, PatchCoreSettings, Profile, ValidationSettings
+from tasks.results import (
+    DatasetError,
+    DatasetSpec,
+    LatencyResult,
+    ModelResult,
+    StageOutcome,
+    TrainingAttempt,
+)
 
 logger = logging.getLogger(__name__)
 
 MODELS = ("patchcore", "efficientad")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # what anomalib globs, and the gate checks
-# An Adam learning rate 1000x too high: a real divergence, not a faked loss value.
-INJECTED_LR_FACTOR = 1000.0
 
 Progress = Callable[[float, str], None]
 
@@ -135,11 +148,74 @@ class _FolderWithValidationDir(Folder):
         )
 
 
+def synthetic_validation(
+    normal: AnomalibDataset, settings: ValidationSettings, out_dir: Path, seed: int
+) -> AnomalibDataset:
+    """Every held-out normal image, plus `anomalies_per_image` copies of it painted with a
+    synthetic anomaly (anomalib's `PerlinAnomalyGenerator`, Perlin-noise shapes filled
+    with a perturbed copy of the image) and their masks, written under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = PerlinAnomalyGenerator(probability=1.0, blend_factor=settings.anomaly_blend)
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, source in enumerate(normal.samples.image_path):
+            rows.append(
+                {"image_path": source, "label": "normal", "label_index": 0, "mask_path": ""}
+            )
+            image = read_image(source, as_tensor=True)
+            for j in range(settings.anomalies_per_image):
+                painted, mask = generator(image)
+                stem = f"{i:03d}_{j}"
+                image_path, mask_path = out_dir / f"{stem}.png", out_dir / f"{stem}_mask.png"
+                pixels = (painted.clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()
+                Image.fromarray(pixels).save(image_path)
+                binary = (mask.squeeze().numpy() > 0.5).astype(np.uint8) * 255
+                Image.fromarray(binary).save(mask_path)
+                rows.append(
+                    {
+                        "image_path": str(image_path),
+                        "label": "abnormal",
+                        "label_index": 1,
+                        "mask_path": str(mask_path),
+                    }
+                )
+    dataset = AnomalibDataset(augmentations=normal.augmentations)
+    samples = pd.DataFrame(rows).assign(split=Split.VAL)
+    samples.attrs["task"] = "segmentation"
+    dataset.samples = samples
+    return dataset
+
+
+class _FolderWithSyntheticValidation(Folder):
+    """`Folder` whose validation split is `synthetic_validation` of held-out train/good."""
+
+    def __init__(self, settings: ValidationSettings, out_dir: Path, **kwargs: Any) -> None:
+        super().__init__(
+            val_split_mode=ValSplitMode.SYNTHETIC, val_split_ratio=settings.split_ratio, **kwargs
+        )
+        self.validation_settings = settings
+        self.validation_out_dir = out_dir
+
+    def _create_val_split(self) -> None:
+        self.train_data, normal = random_split(
+            self.train_data, self.validation_settings.split_ratio, seed=self.seed
+        )
+        self.val_data = synthetic_validation(
+            normal, self.validation_settings, self.validation_out_dir, self.seed or 0
+        )
+
+
 def make_datamodule(
-    spec: DatasetSpec, category: str, profile: Profile, train_batch_size: int
+    spec: DatasetSpec,
+    category: str,
+    profile: Profile,
+    train_batch_size: int,
+    work_dir: Path | None = None,
 ) -> tuple[Folder, bool, int]:
     """anomalib `Folder` over an MVTec-layout category.
 
+    Synthetic validation images go to `work_dir/validation` (a temp folder when None).
     Returns the datamodule, whether test masks are used and how many test images the
     folder holds (the test split must keep them all)."""
     root = spec.category_dir(category)
@@ -167,37 +243,13 @@ def make_datamodule(
     if profile.validation.directory:
         datamodule: Folder = _FolderWithValidationDir(Path(profile.validation.directory), **common)
     else:
-        datamodule = Folder(
-            val_split_mode=ValSplitMode.SYNTHETIC,
-            val_split_ratio=profile.validation.split_ratio,
-            **common,
-        )
+        out_dir = Path(work_dir or tempfile.mkdtemp(prefix="validation_")) / "validation"
+        datamodule = _FolderWithSyntheticValidation(profile.validation, out_dir, **common)
     datamodule.category = category
     return datamodule, has_masks, n_test
 
 
 # --------------------------------------------------------------------------- callbacks
-
-
-class LearningRateBlowUp(Callback):
-    """Inject a real divergence: multiply the learning rate by `factor` from optimizer
-    step `at_step` (1-based) on. The loss shows it from step `at_step + 1`."""
-
-    def __init__(self, at_step: int, factor: float = INJECTED_LR_FACTOR) -> None:
-        self.at_step = at_step
-        self.factor = factor
-        self.done = False
-
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        del pl_module, batch, batch_idx
-        if not self.done and trainer.global_step + 1 >= self.at_step:
-            for optimizer in trainer.optimizers:
-                for group in optimizer.param_groups:
-                    group["lr"] *= self.factor
-            self.done = True
-            logger.info("injected spike: learning rate x%g at step %d", self.factor, self.at_step)
 
 
 class _ProgressCallback(Callback):
@@ -282,7 +334,27 @@ def quiet_training() -> Iterator[None]:
             lg.setLevel(level)
 
 
-# --------------------------------------------------------------------------- attempts
+# --------------------------------------------------------------------------- stages
+
+
+@dataclass
+class Prepared:
+    """What every stage of one (model, category) needs: data, settings, where to write."""
+
+    model_name: str
+    category: str
+    profile: Profile
+    settings: PatchCoreSettings | EfficientAdSettings
+    datamodule: Folder
+    has_masks: bool
+    n_test: int
+    run_dir: Path
+    report: Progress
+    callbacks: list[Callback] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name}/{self.category}"
 
 
 @dataclass
@@ -293,6 +365,15 @@ class TrainedAttempt:
     model: Any
     engine: Engine
     weights: dict
+    collector: PredictionCollector
+    verdict: ValidationVerdict | None = None
+
+
+@dataclass
+class Evaluation:
+    images: list[ScoredImage]
+    metrics: dict[str, Any]
+    overlays: dict[str, str]
 
 
 def _engine(run_dir: Path, device: str, callbacks: list[Callback], **trainer_args: Any) -> Engine:
@@ -309,10 +390,43 @@ def _engine(run_dir: Path, device: str, callbacks: list[Callback], **trainer_arg
     )
 
 
-def _validation_auroc(engine: Engine, model: Any, datamodule: Folder) -> float | None:
-    results = engine.validate(model, datamodule=datamodule, verbose=False)
-    value = results[0].get(VAL_IMAGE_AUROC) if results else None
-    return None if value is None or not math.isfinite(float(value)) else float(value)
+def prepare(
+    model_name: str,
+    category: str,
+    spec: DatasetSpec,
+    profile: Profile,
+    run_dir: Path,
+    progress: Progress | None = None,
+    callbacks: list[Callback] | None = None,
+) -> Prepared:
+    """Check the request and build the datamodule (test split complete, validation apart)."""
+    model_name = model_name.lower()
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}: choose one of {MODELS}")
+    if category not in spec.categories:
+        raise DatasetError(
+            f"category {category!r} is not in dataset {spec.root} ({spec.categories})"
+        )
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = _monotone(progress)
+    report(0.0, f"{model_name}/{category}: preparing data")
+    settings = profile.patchcore if model_name == "patchcore" else profile.efficientad
+    datamodule, has_masks, n_test = make_datamodule(
+        spec, category, profile, settings.train_batch_size, work_dir=run_dir
+    )
+    return Prepared(
+        model_name,
+        category,
+        profile,
+        settings,
+        datamodule,
+        has_masks,
+        n_test,
+        run_dir,
+        report,
+        list(callbacks or []),
+    )
 
 
 def fit_attempt(
@@ -329,12 +443,19 @@ def fit_attempt(
     """Build a fresh model (seeded), fit it under the loss watcher; no validation yet."""
     seed_everything(seed, workers=True, verbose=False)
     model, weights = build_model(model_name, settings, _weights_dir(profile))
-    model.evaluator = build_evaluator()
-    model.post_processor = RankPreservingPostProcessor()
+    model.evaluator = None  # metrics come from raw scores (tasks.evaluation)
+    model.post_processor = raw_score_post_processor()
     model.visualizer = None  # overlays are written by tasks.evaluation, for a few images only
-    watcher = LossSpikeCallback(profile.spike)
+    gradient = model_name == "efficientad"
+    # PatchCore has no gradient steps to roll back: no checkpoints of its backbone
+    spike = profile.spike if gradient else profile.spike.model_copy(update={"checkpoint_every": 0})
+    watcher = LossSpikeCallback(spike, attempt=number)
+    collector = PredictionCollector()
     engine = _engine(
-        run_dir / f"attempt_{number}", _device(profile), [watcher, *callbacks], **trainer_args
+        run_dir / f"attempt_{number}",
+        _device(profile),
+        [watcher, collector, *callbacks],
+        **trainer_args,
     )
     engine.fit(model, datamodule=datamodule)
     attempt = TrainingAttempt(
@@ -344,163 +465,215 @@ def fit_attempt(
         steps=engine.trainer.global_step,
         end_reason="completed",
         # PatchCore's training step only collects features; its logged "loss" is a dummy 0
-        losses=watcher.losses if model_name == "efficientad" else [],
+        losses=watcher.losses if gradient else [],
+        recoveries=watcher.recoveries if gradient else [],
     )
-    return TrainedAttempt(attempt, model, engine, weights), watcher
+    return TrainedAttempt(attempt, model, engine, weights, collector), watcher
+
+
+def validate_attempt(trained: TrainedAttempt, datamodule: Folder, confidence: float) -> None:
+    """Score the validation split with the attempt's final weights; record the verdict."""
+    trained.collector.take()
+    trained.engine.validate(trained.model, datamodule=datamodule, verbose=False)
+    verdict = judge_validation(trained.collector.take(), confidence)
+    trained.verdict = verdict
+    attempt = trained.attempt
+    if verdict.interval is not None:
+        attempt.validation_metric = verdict.interval.auroc
+        attempt.validation_low = verdict.interval.low
+        attempt.validation_high = verdict.interval.high
+        attempt.validation_pairs = verdict.interval.pairs
+    if verdict.problem is not None:
+        attempt.end_reason = "implausible_validation"
 
 
 def _record_spike(attempt: TrainingAttempt, spike: LossSpike) -> None:
     attempt.end_reason = spike.end_reason
-    attempt.spike_step = spike.step
+    attempt.spike_step = spike.first_step
     attempt.spike_loss_name = spike.loss_name
     attempt.spike_value = spike.value if math.isfinite(spike.value) else None
     attempt.spike_magnitude = spike.magnitude if math.isfinite(spike.magnitude) else None
 
 
-def _train_efficientad(
-    datamodule: Folder,
-    profile: Profile,
-    run_dir: Path,
-    report: Progress,
-    label: str,
-    inject_spike_at: int | None,
-) -> tuple[TrainedAttempt, list[TrainingAttempt], list[str]]:
+def fit_with_recovery(prep: Prepared) -> tuple[list[TrainedAttempt], list[TrainingAttempt]]:
+    """Fit (and validate) attempts until one is not broken; returns the candidates (the
+    attempts that trained to the end) and every attempt's record."""
+    profile = prep.profile
+    if prep.model_name == "patchcore":
+        # One attempt: the memory bank is a deterministic fit, nothing deliberate to change.
+        trained, _ = fit_attempt(
+            "patchcore",
+            1,
+            profile.seed,
+            profile.patchcore,
+            prep.datamodule,
+            profile,
+            prep.run_dir,
+            [
+                _ProgressCallback(prep.report, 0.05, 0.6, f"{prep.label} memory bank"),
+                *prep.callbacks,
+            ],
+            {},
+        )
+        validate_attempt(trained, prep.datamodule, profile.validation.confidence)
+        return [trained], [trained.attempt]
     base = profile.efficientad
+    candidates: list[TrainedAttempt] = []
     attempts: list[TrainingAttempt] = []
-    best: TrainedAttempt | None = None
-    notes: list[str] = []
     for number in range(1, profile.max_attempts + 1):
         seed = profile.seed + number - 1
         lr = base.lr * profile.retry_lr_factor ** (number - 1)
-        settings = base.model_copy(update={"lr": lr})
         share = 0.8 / profile.max_attempts
-        callbacks: list[Callback] = [
-            _ProgressCallback(
-                report,
-                0.05 + share * (number - 1),
-                0.05 + share * number,
-                f"{label} attempt {number}",
-            )
-        ]
-        if inject_spike_at is not None and number == 1:
-            callbacks.append(LearningRateBlowUp(inject_spike_at))
+        progress = _ProgressCallback(
+            prep.report,
+            0.05 + share * (number - 1),
+            0.05 + share * number,
+            f"{prep.label} attempt {number}",
+        )
         trained, watcher = fit_attempt(
             "efficientad",
             number,
             seed,
-            settings,
-            datamodule,
+            base.model_copy(update={"lr": lr}),
+            prep.datamodule,
             profile,
-            run_dir,
-            callbacks,
+            prep.run_dir,
+            [progress, *prep.callbacks],
             {"max_steps": base.max_steps, "precision": base.training_precision},
         )
-        attempt = trained.attempt
-        attempts.append(attempt)
+        attempts.append(trained.attempt)
         if watcher.spike is not None:
-            _record_spike(attempt, watcher.spike)
+            _record_spike(trained.attempt, watcher.spike)
             problem = watcher.spike.describe()
         else:
-            attempt.validation_metric = _validation_auroc(trained.engine, trained.model, datamodule)
-            metric = attempt.validation_metric
-            if metric is not None and metric >= profile.validation.min_image_auroc:
-                best = trained if best is None or metric > _metric(best) else best
+            validate_attempt(trained, prep.datamodule, profile.validation.confidence)
+            candidates.append(trained)
+            problem = trained.verdict.problem if trained.verdict else None
+            if problem is None:
                 break
-            attempt.end_reason = "implausible_validation"
-            problem = f"validation image AUROC {metric} below {profile.validation.min_image_auroc}"
-            if metric is not None and (best is None or metric > _metric(best)):
-                best = trained
         if number < profile.max_attempts:
-            attempt.retry_reason = (
+            trained.attempt.retry_reason = (
                 f"{problem}: restart from fresh weights with seed {seed + 1} and learning rate "
                 f"{lr * profile.retry_lr_factor:.3g} (x{profile.retry_lr_factor})"
             )
-            logger.warning("%s attempt %d: %s", label, number, attempt.retry_reason)
-    if best is None:
+            logger.warning("%s attempt %d: %s", prep.label, number, trained.attempt.retry_reason)
+    return candidates, attempts
+
+
+def select(
+    candidates: list[TrainedAttempt], attempts: list[TrainingAttempt], label: str
+) -> tuple[TrainedAttempt, list[str]]:
+    """The candidate with the best validation image AUROC (earliest on a tie); a broken
+    one only when nothing else trained, and then with a note that says so."""
+    if not candidates:
         raise TrainingFailed(
             f"{label}: all {len(attempts)} attempts failed: "
             + "; ".join(f"#{a.attempt} {a.end_reason}" for a in attempts),
             attempts,
         )
-    if best.attempt.end_reason == "implausible_validation":
-        notes.append(
-            f"no attempt reached validation image AUROC {profile.validation.min_image_auroc}; "
-            f"kept attempt {best.attempt.attempt}, the best on validation"
-        )
+    plausible = [c for c in candidates if c.verdict is not None and c.verdict.problem is None]
+    pool = plausible or candidates
+
+    def rank(c: TrainedAttempt) -> tuple[float, int]:
+        auroc = c.verdict.auroc if c.verdict and c.verdict.auroc is not None else -1.0
+        return auroc, -c.attempt.attempt
+
+    best = max(pool, key=rank)
     best.attempt.chosen = True
-    return best, attempts, notes
-
-
-def _metric(trained: TrainedAttempt) -> float:
-    return (
-        trained.attempt.validation_metric if trained.attempt.validation_metric is not None else -1
-    )
-
-
-def _train_patchcore(
-    datamodule: Folder, profile: Profile, run_dir: Path, report: Progress, label: str
-) -> tuple[TrainedAttempt, list[TrainingAttempt], list[str]]:
-    trained, _ = fit_attempt(
-        "patchcore",
-        1,
-        profile.seed,
-        profile.patchcore,
-        datamodule,
-        profile,
-        run_dir,
-        [_ProgressCallback(report, 0.05, 0.6, f"{label} memory bank")],
-        {},
-    )
-    trained.attempt.validation_metric = _validation_auroc(trained.engine, trained.model, datamodule)
-    trained.attempt.chosen = True
     notes = []
-    metric = trained.attempt.validation_metric
-    if metric is None or metric < profile.validation.min_image_auroc:
-        # Nothing deliberate to change: the memory bank is a deterministic fit.
-        notes.append(f"PatchCore validation image AUROC {metric} is implausible; not retrained")
-    return trained, [trained.attempt], notes
+    if not plausible:
+        problem = best.verdict.problem if best.verdict else "no validation"
+        notes.append(
+            f"validation says the model is broken ({problem}); kept attempt "
+            f"{best.attempt.attempt}, the best of {len(candidates)} that trained to the end"
+        )
+    return best, notes
 
 
-# --------------------------------------------------------------------------- entry point
+def evaluate(prep: Prepared, chosen: TrainedAttempt) -> Evaluation:
+    """Raw test scores of the complete test split; float64 metrics; overlays."""
+    prep.report(0.85, f"{prep.label}: testing on all {prep.n_test} test images")
+    chosen.collector.take()
+    chosen.engine.test(chosen.model, datamodule=prep.datamodule, verbose=False)
+    images = chosen.collector.take()
+    if len(images) != prep.n_test:
+        raise RuntimeError(
+            f"{prep.label}: test split has {len(images)} images, the folder {prep.n_test}"
+        )
+    post = chosen.model.post_processor
+    metrics = test_metrics(
+        images, float(post.image_threshold), float(post.pixel_threshold), prep.has_masks
+    )
+    overlays = save_overlays(images, prep.run_dir / "overlays", prep.profile.overlays)
+    return Evaluation(images, metrics, overlays)
 
 
-def _artifacts(
-    trained: TrainedAttempt,
-    image_size: int,
-    profile: Profile,
-    run_dir: Path,
-    test_paths: list[Path],
-    notes: list[str],
-) -> tuple[dict[str, str], list]:
-    """Checkpoint, export and latency; a failure here is noted, not fatal to the metrics."""
-    artifacts: dict[str, str] = {}
-    checkpoint = run_dir / "model.ckpt"
-    trained.engine.trainer.save_checkpoint(checkpoint)
-    artifacts["checkpoint"] = str(checkpoint)
+def _failed(stage: str, err: Exception, started: float) -> StageOutcome:
+    logger.error("%s failed: %s: %s", stage, type(err).__name__, err)
+    return StageOutcome(stage, "failed", f"{type(err).__name__}: {err}", _since(started))
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+def export(prep: Prepared, chosen: TrainedAttempt) -> tuple[dict[str, str], StageOutcome]:
+    """The Lightning checkpoint (always) and anomalib's torch export (completed or failed)."""
+    checkpoint = prep.run_dir / "model.ckpt"
+    chosen.engine.trainer.save_checkpoint(checkpoint)
+    artifacts = {"checkpoint": str(checkpoint)}
+    started = time.perf_counter()
     try:
         from tasks.export import export_model
 
-        exported = export_model(trained.model, trained.engine, run_dir / "export")
-        artifacts.update({k: v for k, v in exported.items() if k != "checkpoint"})
-    except Exception as err:  # noqa: BLE001 - the trained model's results still stand
-        logger.exception("export failed")
-        notes.append(f"export failed: {type(err).__name__}: {err}")
-    latency: list = []
+        exported = export_model(chosen.model, chosen.engine, prep.run_dir / "export")
+    except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
+        return artifacts, _failed("export", err, started)
+    artifacts.update({k: v for k, v in exported.items() if k != "checkpoint"})
+    return artifacts, StageOutcome("export", "completed", None, _since(started))
+
+
+def time_inference(
+    prep: Prepared, chosen: TrainedAttempt, images: list[ScoredImage]
+) -> tuple[list[LatencyResult], StageOutcome]:
+    """Latency and throughput on the test images (completed or failed, never silent)."""
+    started = time.perf_counter()
     try:
         from tasks.speed import measure_latency
 
         latency = measure_latency(
-            trained.model,
-            test_paths,
-            image_size=image_size,
-            batch_size=profile.latency_batch_size,
-            iters=profile.latency_iters,
-            device=_device(profile),
+            chosen.model,
+            [Path(im.path) for im in images],
+            image_size=prep.settings.image_size,
+            batch_size=prep.profile.latency_batch_size,
+            iters=prep.profile.latency_iters,
+            device=_device(prep.profile),
         )
-    except Exception as err:  # noqa: BLE001
-        logger.exception("latency measurement failed")
-        notes.append(f"latency not measured: {type(err).__name__}: {err}")
-    return artifacts, latency
+    except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
+        return [], _failed("latency", err, started)
+    if not latency:
+        return [], StageOutcome("latency", "failed", "no timing came back", _since(started))
+    return latency, StageOutcome("latency", "completed", None, _since(started))
+
+
+def _settings_record(prep: Prepared, chosen: TrainedAttempt) -> dict[str, Any]:
+    profile = prep.profile
+    return {
+        "model": prep.settings.model_dump(mode="json"),
+        "chosen_learning_rate": chosen.attempt.learning_rate,
+        "chosen_seed": chosen.attempt.seed,
+        "seed": profile.seed,
+        "max_attempts": profile.max_attempts,
+        "retry_lr_factor": profile.retry_lr_factor,
+        "spike": profile.spike.model_dump(mode="json"),
+        "validation": profile.validation.model_dump(mode="json"),
+        "eval_batch_size": profile.eval_batch_size,
+        "test_images": prep.n_test,
+        "masks": prep.has_masks,
+    }
+
+
+# --------------------------------------------------------------------------- coordinator
 
 
 def train_and_evaluate(
@@ -510,83 +683,39 @@ def train_and_evaluate(
     profile: Profile,
     run_dir: Path,
     progress: Progress | None = None,
-    inject_spike_at: int | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> ModelResult:
     """Train `model_name` on one category, select by validation, evaluate on all of test.
 
-    `inject_spike_at=N` blows up the learning rate at optimizer step N of the first
-    EfficientAD attempt (for tests and benchmarks); it is ignored for PatchCore, which
-    has no gradient steps."""
-    model_name = model_name.lower()
-    if model_name not in MODELS:
-        raise ValueError(f"unknown model {model_name!r}: choose one of {MODELS}")
-    if category not in spec.categories:
-        raise DatasetError(
-            f"category {category!r} is not in dataset {spec.root} ({spec.categories})"
-        )
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    label = f"{model_name}/{category}"
-    report = _monotone(progress)
-    report(0.0, f"{label}: preparing data")
-    settings = profile.patchcore if model_name == "patchcore" else profile.efficientad
-    datamodule, has_masks, n_test = make_datamodule(
-        spec, category, profile, settings.train_batch_size
-    )
+    `callbacks` are added to every training attempt's trainer (e.g. to watch or
+    perturb training)."""
+    prep = prepare(model_name, category, spec, profile, run_dir, progress, callbacks)
     started = time.perf_counter()
     with quiet_training():
-        if model_name == "patchcore":
-            trained, attempts, notes = _train_patchcore(datamodule, profile, run_dir, report, label)
-        else:
-            trained, attempts, notes = _train_efficientad(
-                datamodule, profile, run_dir, report, label, inject_spike_at
-            )
-        train_seconds = time.perf_counter() - started
-        if len(datamodule.test_data) != n_test:
-            raise RuntimeError(
-                f"{label}: test split has {len(datamodule.test_data)} images, the folder {n_test}"
-            )
-        report(0.85, f"{label}: testing on all {n_test} test images")
-        collector = TestPredictionCollector()
-        trained.engine.trainer.callbacks.append(collector)
-        results = trained.engine.test(trained.model, datamodule=datamodule, verbose=False)
-        trained.engine.trainer.callbacks.remove(collector)
-        metrics = metrics_from_test(results[0] if results else {}, has_masks)
-        images = collector.images
-        report(0.9, f"{label}: overlays, export and latency")
-        artifacts = save_overlays(images, run_dir / "overlays", profile.overlays)
-        exported, latency = _artifacts(
-            trained, settings.image_size, profile, run_dir, [Path(im.path) for im in images], notes
-        )
-    artifacts.update(exported)
-    if trained.weights.get("source") == "fallback":
-        notes.append(f"weights are a fallback, not the paper's pretrained ones: {trained.weights}")
-    report(1.0, f"{label}: done, image AUROC {metrics['image_auroc']}")
+        candidates, attempts = fit_with_recovery(prep)
+        chosen, notes = select(candidates, attempts, prep.label)
+        train_seconds = _since(started)
+        evaluation = evaluate(prep, chosen)
+        prep.report(0.9, f"{prep.label}: export and latency")
+        artifacts, exported = export(prep, chosen)
+        latency, timed = time_inference(prep, chosen, evaluation.images)
+    if chosen.weights.get("source") == "fallback":
+        notes.append(f"weights are a fallback, not the paper's pretrained ones: {chosen.weights}")
+    prep.report(1.0, f"{prep.label}: done, image AUROC {evaluation.metrics['image_auroc']}")
     return ModelResult(
-        model=model_name,
+        model=prep.model_name,
         category=category,
         profile=profile.name,
-        settings={
-            "model": settings.model_dump(mode="json"),
-            "chosen_learning_rate": trained.attempt.learning_rate,
-            "chosen_seed": trained.attempt.seed,
-            "seed": profile.seed,
-            "max_attempts": profile.max_attempts,
-            "retry_lr_factor": profile.retry_lr_factor,
-            "spike": profile.spike.model_dump(mode="json"),
-            "validation": profile.validation.model_dump(mode="json"),
-            "eval_batch_size": profile.eval_batch_size,
-            "test_images": n_test,
-            "masks": has_masks,
-        },
-        weights=trained.weights,
+        settings=_settings_record(prep, chosen),
+        weights=chosen.weights,
         device=_device(profile),
-        metrics=metrics,
+        metrics=evaluation.metrics,
         attempts=attempts,
-        roc_points=roc_points(images),
-        scores=image_scores(images),
+        roc_points=roc_points(evaluation.images),
+        scores=image_scores(evaluation.images),
         latency=latency,
-        artifacts=artifacts,
+        artifacts={**evaluation.overlays, **artifacts},
         train_seconds=train_seconds,
         notes=notes,
+        stages=[exported, timed],
     )
