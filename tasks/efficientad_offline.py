@@ -300,8 +300,10 @@ def natural_photo_folder(cache_dir: Path) -> Path:
     for name, photo in _natural_photos().items():
         path = folder / f"{name}.png"
         if not path.is_file():
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-            Image.fromarray(photo).save(tmp)
+            # hidden and not *.png: a write cut short by a killed run is never read as a
+            # penalty image (the folder is globbed for images)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+            Image.fromarray(photo).save(tmp, format="PNG")
             tmp.replace(path)
     return root
 
