@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -414,6 +415,24 @@ def test_artifact_dir_stays_inside_output_dir(tmp_path):
         artifact_dir(out, "r2", "patchcore", "grid")
 
 
+def _benchmark_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m flows.benchmark --dataset folder --models patchcore ARGS` on a temporary
+    Prefect server."""
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # slow to start on 2 cores
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.benchmark", "--dataset", "folder", "--models",
+         "patchcore", *args],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_benchmark_with_category_climbing_out_is_refused_and_creates_nothing_outside(
     make_dataset, tmp_path
@@ -424,21 +443,10 @@ def test_benchmark_with_category_climbing_out_is_refused_and_creates_nothing_out
     work = tmp_path / "work"
     work.mkdir()
     before = {p for p in tmp_path.rglob("*")}
-    env = dict(
-        os.environ,
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",  # slow to start on 2 cores
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONUNBUFFERED="1",
-    )
-    env.pop("PREFECT_API_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "flows.benchmark", "--dataset", "folder", "--data-root",
-         str(root / "widget" / "train"), "--categories", "../x", "--models", "patchcore",
-         "--output-dir", str(work / "runs"), "--reports-dir", str(work / "reports"),
-         "--db", str(work / "db" / "b.duckdb")],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-        timeout=600,
+    result = _benchmark_cli(
+        tmp_path, "--data-root", str(root / "widget" / "train"), "--categories", "../x",
+        "--output-dir", str(work / "runs"), "--reports-dir", str(work / "reports"),
+        "--db", str(work / "db" / "b.duckdb"),
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "category '../x' is not a plain folder name" in result.stderr
@@ -545,3 +553,23 @@ def test_masks_anomalib_would_pair_with_the_wrong_image_are_refused(make_dataset
         FolderDataset(name="w", root=root / "widget", normal_dir="train/good",
                       abnormal_dir="test/scratch", mask_dir="ground_truth/scratch",
                       split=Split.TEST)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_benchmark_refuses_a_validation_directory_holding_a_test_image(make_dataset, tmp_path):
+    """The flow puts the profile's validation.directory through the gate: refused, the
+    file named, nothing trained."""
+    root = make_dataset()
+    folder = _validation_dir(tmp_path)
+    leaked = folder / "good" / "leaked.png"
+    shutil.copyfile(root / "widget" / "test" / "good" / "001.png", leaked)
+    overrides = json.dumps({"validation": {"directory": str(folder)}})
+    result = _benchmark_cli(
+        tmp_path, "--data-root", str(root), "--overrides", overrides,
+        "--output-dir", str(tmp_path / "runs"), "--reports-dir", str(tmp_path / "reports"),
+        "--db", str(tmp_path / "b.duckdb"),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no_validation_test_overlap (<validation>)" in result.stderr
+    assert str(leaked) in result.stderr
+    assert not (tmp_path / "runs").exists()
