@@ -2,9 +2,12 @@
 store every result in DuckDB, and render the HTML comparison report.
 
     python -m flows.benchmark --dataset demo --models patchcore,efficientad --profile quick
+    python -m flows.benchmark --dataset mvtec --categories all --cluster tcp://sched:8786
 
-It exits 0 when every (model, category) produced results. The flow is the only writer
-of the DuckDB file; training tasks return values to it.
+It exits 0 when every (model, category) produced results. Cells run in this process or
+on a Dask cluster (`--cluster`, see tasks.cluster); either way the flow is the only
+writer of the DuckDB file: cells return values and the flow stores each one as it
+completes, one transaction per cell.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.validate_dataset import (
     DEFAULT_DB,
@@ -34,13 +40,29 @@ from flows.validate_dataset import (
     open_run,
     split_list,
 )
+from tasks.cluster import (
+    CLUSTER_HELP,
+    ClusterSpec,
+    WorkerCannotSeePath,
+    cell_summary,
+    listing_fingerprint,
+    parse_cluster,
+    run_cell,
+    task_runner_for,
+)
+from tasks.datasets import expand_categories
 from tasks.profiles import Profile, ProfileError, load_profile
 from tasks.report import render_report
 from tasks.results import DatasetError, DatasetSpec, ModelResult
-from tasks.training import train_and_evaluate
+from tasks.store import ResultStore
 
 MODELS = ("patchcore", "efficientad")
-CODE_VERSION_FILES = ("tasks/training.py", "tasks/backbones.py", "tasks/efficientad_offline.py")
+CODE_VERSION_FILES = (
+    "tasks/training.py",
+    "tasks/backbones.py",
+    "tasks/efficientad_offline.py",
+    "tasks/coreset.py",
+)
 
 
 class BenchmarkIncomplete(RuntimeError):
@@ -74,7 +96,7 @@ def only_infrastructure_faults(task, task_run, state) -> bool:
     """Retry crashes of the machinery (I/O, memory, interrupted workers), never bad data."""
     try:
         state.result()
-    except (DatasetError, ProfileError, ValueError, TypeError):
+    except (DatasetError, ProfileError, WorkerCannotSeePath, ValueError, TypeError):
         return False
     except Exception:  # noqa: BLE001 - anything else is worth one more try
         return True
@@ -95,9 +117,11 @@ def train_and_evaluate_task(
     category: str,
     spec: DatasetSpec,
     profile: Profile,
-    run_dir: Path,
+    run_root: str,
     dataset_hash: str,
+    data_fingerprint: str,
 ) -> ModelResult:
+    """One cell, on whichever worker the task runner picks; see `tasks.cluster.run_cell`."""
     logger = get_run_logger()
     artifact_id = create_progress_artifact(
         progress=0.0,
@@ -108,9 +132,63 @@ def train_and_evaluate_task(
         update_progress_artifact(artifact_id, progress=round(100 * min(max(fraction, 0), 1), 1))
         logger.info("%s/%s: %s", model_name, category, message)
 
-    result = train_and_evaluate(model_name, category, spec, profile, run_dir, progress=progress)
+    result = run_cell(
+        model_name, category, spec, profile, Path(run_root), data_fingerprint, progress=progress
+    )
     update_progress_artifact(artifact_id, progress=100.0)
     return result
+
+
+@flow(name="train-cells", validate_parameters=False)
+def train_cells(
+    cells: list[tuple[str, str]],
+    spec: DatasetSpec,
+    settings: Profile,
+    run_root: str,
+    dataset_hash: str,
+    data_fingerprints: dict[str, str],
+    db: str,
+    run_id: str,
+) -> tuple[list[ModelResult], list[str]]:
+    """Submit every cell to this flow's task runner (chosen by the caller with
+    `with_options`) and store each result as it completes; a failed or lost cell is
+    reported and never holds back the others."""
+    logger = get_run_logger()
+    store = ResultStore(db)
+    futures = {
+        train_and_evaluate_task.submit(
+            model,
+            category,
+            spec,
+            settings,
+            run_root,
+            dataset_hash,
+            data_fingerprints[category],
+        ): (model, category)
+        for model, category in cells
+    }
+    results, failed = [], []
+    for future in as_completed(list(futures)):
+        model, category = futures[future]
+        try:
+            result = future.result()
+        except Exception as err:  # noqa: BLE001 - one failed cell must not lose the others
+            logger.error("%s/%s produced no result: %s", model, category, err)
+            failed.append(f"{model}/{category}: {err}")
+            continue
+        store.write_result(run_id, result)  # one transaction per (run, model, category)
+        logger.info(cell_summary(result))
+        results.append(result)
+    return results, failed
+
+
+def _runner_settings(cluster: ClusterSpec) -> dict:
+    """Dask workers report their task runs to the flow's Prefect API; with no
+    PREFECT_API_URL that is this process's ephemeral server, so name it for them."""
+    if not cluster.distributed or PREFECT_API_URL.value():
+        return {}
+    with get_client(sync_client=True) as client:
+        return {PREFECT_API_URL: str(client.api_url)}
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
@@ -131,6 +209,7 @@ def comparison_rows(results: list[ModelResult]) -> list[dict]:
                 "weights": r.weights.get("source", "?"),
                 "p50_ms": batch1.p50_ms if batch1 else None,
                 "attempts": len(r.attempts),
+                "worker": r.worker,
             }
         )
     return rows
@@ -153,14 +232,20 @@ def benchmark(
     db: str = DEFAULT_DB,
     output_dir: str = "runs",
     reports_dir: str = "reports",
+    cluster: str = "none",
 ) -> str:
-    """Validate the dataset, train+evaluate every (model, category), store, report."""
+    """Validate the dataset, train+evaluate every (model, category), store, report.
+
+    `cluster` says where cells run: none | local:N | tcp://host:port | cuda."""
     logger = get_run_logger()
     models = list(models or MODELS)
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
+    where = parse_cluster(cluster)
+    runner = task_runner_for(where)  # before the run starts: a host without GPUs says so here
+    categories = expand_categories(dataset, categories)
     store, run_id = open_run(db, dataset, data_root, categories, models, profile)
 
     close_abandoned_runs(store, run_id)
@@ -169,28 +254,16 @@ def benchmark(
         store.finish_run(run_id, "failed_validation")
         raise DatasetValidationFailed(report.summary())
 
-    run_dir = Path(output_dir) / run_id
-    results, failed = [], []
-    # one cell at a time: two trainings would only fight over the same CPU cores
-    for category in spec.categories:
-        for model in models:
-            state = train_and_evaluate_task(
-                model,
-                category,
-                spec,
-                settings,
-                run_dir / model / category,
-                report.dataset_hash,
-                return_state=True,
-            )
-            try:
-                result = state.result()
-            except Exception as err:  # noqa: BLE001 - one failed cell must not lose the others
-                logger.error("%s on %s produced no result: %s", model, category, err)
-                failed.append(f"{model}/{category}: {err}")
-                continue
-            store.write_result(run_id, result)  # one transaction per (run, model, category)
-            results.append(result)
+    # absolute, and created here: workers check they see this very folder (shared filesystem)
+    run_root = (Path(output_dir) / run_id).absolute()
+    run_root.mkdir(parents=True, exist_ok=True)
+    cells = [(model, category) for category in spec.categories for model in models]
+    fingerprints = {c: listing_fingerprint(spec.category_dir(c)) for c in spec.categories}
+    logger.info("%d cells on cluster %s", len(cells), where.describe())
+    with temporary_settings(_runner_settings(where)):
+        results, failed = train_cells.with_options(
+            task_runner=runner, name=f"train-cells ({where.describe()})"
+        )(cells, spec, settings, str(run_root), report.dataset_hash, fingerprints, db, run_id)
 
     status = "completed" if not failed else "incomplete"
     store.finish_run(run_id, status)
@@ -221,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dataset", choices=["demo", "mvtec", "folder"], default="demo")
     parser.add_argument("--data-root", default=None, help="dataset root (demo: data/demo)")
-    parser.add_argument("--categories", default=None, help="comma-separated, default: all")
+    parser.add_argument(
+        "--categories",
+        default=None,
+        help="comma-separated; 'all' = every category of the dataset (mvtec: all 15); "
+        "default: those present",
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     parser.add_argument("--profile", choices=["quick", "paper"], default="quick")
     parser.add_argument(
@@ -232,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB file (default {DEFAULT_DB})")
     parser.add_argument("--output-dir", default="runs", help="models and overlays go here")
     parser.add_argument("--reports-dir", default="reports", help="HTML reports go here")
+    parser.add_argument(
+        "--cluster",
+        default="none",
+        help=f"where cells run: {CLUSTER_HELP} (see README, 'Running on a cluster')",
+    )
     args = parser.parse_args(argv)
     state = benchmark(
         dataset=args.dataset,
@@ -243,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         db=args.db,
         output_dir=args.output_dir,
         reports_dir=args.reports_dir,
+        cluster=args.cluster,
         return_state=True,
     )
     if state.is_completed():

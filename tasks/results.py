@@ -136,3 +136,4 @@ class ModelResult:
     artifacts: dict[str, str] = field(default_factory=dict)  # kind -> path
     train_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    worker: str = ""  # who ran it: Dask worker name@address, or host:pid in the flow's process

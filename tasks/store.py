@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS results (
     train_seconds       DOUBLE,
     status              VARCHAR NOT NULL,  -- completed | no_metrics
     notes               VARCHAR[] NOT NULL DEFAULT [],
-    written_at          TIMESTAMP NOT NULL
+    written_at          TIMESTAMP NOT NULL,
+    worker              VARCHAR             -- Dask worker name@address, or host:pid in-process
 );
 CREATE TABLE IF NOT EXISTS training_attempts (
     run_id            VARCHAR NOT NULL,
@@ -488,7 +489,7 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
     )
     available = any(_float(v) is not None for v in result.metrics.values())
     con.execute(
-        "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             *key,
             result.profile,
@@ -501,6 +502,7 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
             "completed" if available else "no_metrics",
             list(result.notes),
             _utcnow(),
+            result.worker or None,
         ],
     )
 
