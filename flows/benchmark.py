@@ -262,7 +262,7 @@ def benchmark(
     logger.info("%d cells on cluster %s", len(cells), where.describe())
     with temporary_settings(_runner_settings(where)):
         results, failed = train_cells.with_options(
-            task_runner=runner, name=f"train-cells ({where.describe()})"
+            task_runner=runner, flow_run_name=f"cells on {where.describe()}"
         )(cells, spec, settings, str(run_root), report.dataset_hash, fingerprints, db, run_id)
 
     status = "completed" if not failed else "incomplete"
