@@ -10,9 +10,15 @@ every cell and the worker that ran it, and the ratio.
 On a host with fewer cores than workers the cells fight over the same cores and the
 ratio stays near 1; the gain comes from workers with their own cores or GPUs.
 
+`--nightly PATCHCORE_MIN EFFICIENTAD_MIN` prints instead what the nightly (15 MVTec AD
+categories x both models) takes on 1..16 GPUs for the given per-cell minutes: cells
+are handed to free workers in the flow's submission order (category by category,
+PatchCore first), as the Dask scheduler does with one-thread workers.
+
 Usage:
     python benchmarks/cluster_speed.py [--workers 2] [--categories demo_grass,demo_grid]
         [--models patchcore,efficientad] [--overrides JSON]
+    python benchmarks/cluster_speed.py --nightly 4 25
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import time
 from pathlib import Path
 
 import duckdb
+
+MVTEC_CATEGORY_COUNT = 15
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,13 +74,44 @@ def run_benchmark(work: Path, data_root: Path, cluster: str, args: argparse.Name
     return seconds
 
 
+def nightly_minutes(gpus: int, patchcore_min: float, efficientad_min: float) -> float:
+    """Makespan of the nightly's cells on `gpus` one-cell-at-a-time workers."""
+    free_at = [0.0] * gpus
+    for _category in range(MVTEC_CATEGORY_COUNT):
+        for cell_min in (patchcore_min, efficientad_min):
+            first_free = free_at.index(min(free_at))
+            free_at[first_free] += cell_min
+    return max(free_at)
+
+
+def print_nightly(patchcore_min: float, efficientad_min: float) -> None:
+    print(
+        f"nightly: {MVTEC_CATEGORY_COUNT} categories x (PatchCore {patchcore_min:g} min + "
+        f"EfficientAD {efficientad_min:g} min) per cell"
+    )
+    for gpus in (1, 2, 4, 8, 15, 16):
+        minutes = nightly_minutes(gpus, patchcore_min, efficientad_min)
+        held = gpus * minutes / 60
+        print(f"  {gpus:>2} GPUs: {minutes / 60:5.2f} h wall, {held:6.1f} GPU-hours held")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--categories", default="demo_grass,demo_grid")
     parser.add_argument("--models", default="patchcore,efficientad")
     parser.add_argument("--overrides", default=None, help="JSON profile overrides")
+    parser.add_argument(
+        "--nightly",
+        nargs=2,
+        type=float,
+        metavar=("PATCHCORE_MIN", "EFFICIENTAD_MIN"),
+        help="only print the nightly's wall time on 1..16 GPUs for these per-cell minutes",
+    )
     args = parser.parse_args()
+    if args.nightly:
+        print_nightly(*args.nightly)
+        return
     if args.overrides:
         json.loads(args.overrides)  # fail before the first run on a typo
 
