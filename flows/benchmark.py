@@ -260,10 +260,14 @@ def benchmark(
     cells = [(model, category) for category in spec.categories for model in models]
     fingerprints = {c: listing_fingerprint(spec.category_dir(c)) for c in spec.categories}
     logger.info("%d cells on cluster %s", len(cells), where.describe())
-    with temporary_settings(_runner_settings(where)):
-        results, failed = train_cells.with_options(
-            task_runner=runner, flow_run_name=f"cells on {where.describe()}"
-        )(cells, spec, settings, str(run_root), report.dataset_hash, fingerprints, db, run_id)
+    try:
+        with temporary_settings(_runner_settings(where)):
+            results, failed = train_cells.with_options(
+                task_runner=runner, flow_run_name=f"cells on {where.describe()}"
+            )(cells, spec, settings, str(run_root), report.dataset_hash, fingerprints, db, run_id)
+    except Exception:  # e.g. the scheduler cannot be reached: the run is over, not running
+        store.finish_run(run_id, "failed")
+        raise
 
     status = "completed" if not failed else "incomplete"
     store.finish_run(run_id, status)
