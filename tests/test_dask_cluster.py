@@ -139,7 +139,7 @@ def demo(tmp_path_factory) -> Path:
     return ensure_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 
 
-def _benchmark(data: Path, out: Path, cluster: str) -> subprocess.Popen:
+def _benchmark(data: Path, out: Path, cluster: str, **env: str) -> subprocess.Popen:
     """`python -m flows.benchmark` on the demo categories with its own DuckDB file."""
     out.mkdir(parents=True, exist_ok=True)
     args = [
@@ -152,7 +152,7 @@ def _benchmark(data: Path, out: Path, cluster: str) -> subprocess.Popen:
     return subprocess.Popen(
         args,
         cwd=REPO,
-        env=_env(PREFECT_HOME=str(data.parent / "prefect-home")),
+        env=_env(PREFECT_HOME=str(out / "prefect-home"), **env),
         stdout=(out / "flow.log").open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -203,8 +203,15 @@ def _assert_one_row_set_per_cell(db: Path) -> None:
 
 def test_cells_run_on_two_workers_and_match_an_in_process_run(cluster, demo, tmp_path):
     local, remote = tmp_path / "in-process", tmp_path / "cluster"
-    _finish(_benchmark(demo, local, "none"), local)
-    _finish(_benchmark(demo, remote, cluster.address), remote)
+    # both at once: their start-up (imports, Prefect API) overlaps
+    runs = [(local, _benchmark(demo, local, "none"))]
+    runs.append((remote, _benchmark(demo, remote, cluster.address)))
+    try:
+        for out, proc in runs:
+            _finish(proc, out)
+    finally:
+        for _, proc in runs:
+            _stop(proc)
 
     workers = dict(_rows(remote / "bench.duckdb", "select category, worker from results"))
     assert sorted(w.split("@")[0] for w in workers.values()) == ["w0", "w1"], workers
@@ -253,3 +260,13 @@ def test_a_cell_whose_worker_is_killed_completes_on_the_survivor(cluster, demo, 
     assert workers == {"w1"}, f"both cells belong on the survivor, got {workers}"
     assert _rows(db, "select status from runs") == [("completed",)]
     _assert_one_row_set_per_cell(db)
+
+
+def test_an_unreachable_scheduler_fails_the_run_naming_it(demo, tmp_path):
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    proc = _benchmark(demo, tmp_path, address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")
+    proc.wait(timeout=600)
+    assert proc.returncode == 1
+    assert address in (tmp_path / "flow.log").read_text()
+    assert _rows(tmp_path / "bench.duckdb", "select status from runs") == [("failed",)]
+    assert _rows(tmp_path / "bench.duckdb", "select count(*) from results") == [(0,)]
