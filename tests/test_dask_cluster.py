@@ -265,7 +265,10 @@ def test_a_cell_whose_worker_is_killed_completes_on_the_survivor(cluster, demo, 
 def test_an_unreachable_scheduler_fails_the_run_naming_it(demo, tmp_path):
     address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     proc = _benchmark(demo, tmp_path, address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="3s")
-    proc.wait(timeout=600)
+    try:
+        proc.wait(timeout=600)
+    finally:
+        _stop(proc)
     assert proc.returncode == 1
     assert address in (tmp_path / "flow.log").read_text()
     assert _rows(tmp_path / "bench.duckdb", "select status from runs") == [("failed",)]
