@@ -129,8 +129,9 @@ def main() -> None:
         data_root = ensure_demo_dataset(work / "demo")
         overrides = {"weights_dir": str(work / "weights"), **overrides}
         first = args.categories.split(",")[0]
-        print("warm-up (untimed): ", end="")
-        run_benchmark(work, data_root, "none", first, "efficientad", overrides)
+        if "efficientad" in args.models:
+            print("warm-up (untimed): ", end="")
+            run_benchmark(work, data_root, "none", first, "efficientad", overrides)
         in_process = run_benchmark(work, data_root, "none", args.categories, args.models, overrides)
         cluster = run_benchmark(
             work, data_root, f"local:{args.workers}", args.categories, args.models, overrides
