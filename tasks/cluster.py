@@ -12,7 +12,10 @@ filesystem), trains, and returns a `ModelResult` naming the worker and device.
 
 Example:
     >>> runner = task_runner_for(parse_cluster("local:2"))  # a Prefect task runner
-    >>> train_cells.with_options(task_runner=runner)(...)
+    >>> some_flow.with_options(task_runner=runner)(...)  # its tasks' .submit() go there
+    >>> result = run_cell("patchcore", "grid", spec, profile, run_root, fingerprint)
+    >>> result.worker, result.device
+    ('1@tcp://10.0.0.7:40001', 'cuda:0 NVIDIA H100 80GB HBM3 (CUDA_VISIBLE_DEVICES=1)')
 """
 
 from __future__ import annotations
