@@ -2,11 +2,14 @@
 store every result in DuckDB, and render the HTML comparison report.
 
     python -m flows.benchmark --dataset demo --models patchcore,efficientad --profile quick
+    python -m flows.benchmark --dataset mvtec --categories all --cluster tcp://sched:8786
 
-It exits 0 when every (model, category) produced results. The flow is the only writer
-of the DuckDB file; training tasks return values to it. A cell whose training or storing
-fails is listed in the run's `error`, the other cells go on, and the run ends
-`incomplete` (or `failed` when nothing was stored).
+It exits 0 when every (model, category) produced results. Cells run in this process or
+on a Dask cluster (`--cluster`, see tasks.cluster); either way the flow is the only
+writer of the DuckDB file: cells return values and the flow stores each one as it
+completes, one transaction per cell. A cell whose training or storing fails is listed in
+the run's `error`, the other cells go on, and the run ends `incomplete` (or `failed`
+when nothing was stored).
 """
 
 from __future__ import annotations
@@ -24,8 +27,21 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.futures import as_completed
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.cache import mark_cached, training_cache_key
+from tasks.cluster import (
+    CLUSTER_HELP,
+    ClusterSpec,
+    cell_summary,
+    listing_fingerprint,
+    parse_cluster,
+    run_cell,
+    task_runner_for,
+)
+from tasks.datasets import expand_categories
 from tasks.gate import DatasetValidationFailed, check_dataset
 from tasks.paths import artifact_dir
 from tasks.profiles import Profile, load_profile
@@ -41,8 +57,7 @@ from tasks.runs import (
     run_status,
     split_list,
 )
-from tasks.store import DEFAULT_LOCK_TIMEOUT_S
-from tasks.training import train_and_evaluate
+from tasks.store import DEFAULT_LOCK_TIMEOUT_S, ResultStore
 
 MODELS = ("patchcore", "efficientad")
 
@@ -65,12 +80,14 @@ def train_and_evaluate_task(
     category: str,
     spec: DatasetSpec,
     profile: Profile,
-    run_dir: Path,
+    run_root: str,
     dataset_hash: str,
+    data_fingerprint: str,
     run_id: str,
 ) -> ModelResult:
-    """Train and evaluate one cell; the cache key (tasks.cache) leaves `run_id` out, so a
-    cached result keeps the id of the run that trained it."""
+    """One cell, on whichever worker the task runner picks; see `tasks.cluster.run_cell`.
+    The cache key (tasks.cache) leaves `run_id` out, so a cached result keeps the id of
+    the run that trained it."""
     logger = get_run_logger()
     artifact_id = create_progress_artifact(
         progress=0.0,
@@ -81,10 +98,66 @@ def train_and_evaluate_task(
         update_progress_artifact(artifact_id, progress=round(100 * min(max(fraction, 0), 1), 1))
         logger.info("%s/%s: %s", model_name, category, message)
 
-    result = train_and_evaluate(model_name, category, spec, profile, run_dir, progress=progress)
+    result = run_cell(
+        model_name, category, spec, profile, Path(run_root), data_fingerprint, progress=progress
+    )
     result.trained_in = run_id
     update_progress_artifact(artifact_id, progress=100.0)
     return result
+
+
+@flow(name="train-cells", validate_parameters=False)
+def train_cells(
+    cells: list[tuple[str, str]],
+    spec: DatasetSpec,
+    settings: Profile,
+    run_root: str,
+    dataset_hash: str,
+    data_fingerprints: dict[str, str],
+    db: str,
+    db_lock_timeout_s: float,
+    run_id: str,
+) -> tuple[list[ModelResult], list[str]]:
+    """Submit every cell to this flow's task runner (chosen by the caller with
+    `with_options`) and store each result as it completes; a failed or lost cell is
+    reported and never holds back the others."""
+    logger = get_run_logger()
+    store = ResultStore(db, lock_timeout_s=db_lock_timeout_s)
+    futures = {
+        train_and_evaluate_task.submit(
+            model,
+            category,
+            spec,
+            settings,
+            run_root,
+            dataset_hash,
+            data_fingerprints[category],
+            run_id,
+        ): (model, category)
+        for model, category in cells
+    }
+    results, failed = [], []
+    for future in as_completed(list(futures)):
+        model, category = futures[future]
+        try:
+            result = mark_cached(future.result(), run_id)
+            store.write_result(run_id, result)  # one transaction per (run, model, category)
+        except Exception as err:  # noqa: BLE001 - one failed cell must not lose the others
+            logger.error("%s/%s was not stored: %s", model, category, err)
+            failed.append(f"{model}/{category}: {err}")
+            continue
+        logger.info(cell_summary(result))
+        results.append(result)
+    return results, failed
+
+
+def _runner_settings(cluster: ClusterSpec) -> dict:
+    """Dask workers report their task runs to the flow's Prefect API; with no
+    PREFECT_API_URL that is this process's ephemeral server, so name it for them."""
+    if not cluster.distributed or PREFECT_API_URL.value():
+        return {}
+    with get_client(sync_client=True) as client:
+        return {PREFECT_API_URL: str(client.api_url)}
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
@@ -105,6 +178,7 @@ def comparison_rows(results: list[ModelResult]) -> list[dict]:
                 "weights": r.weights.get("source", "?"),
                 "p50_ms": batch1.p50_ms if batch1 else None,
                 "attempts": len(r.attempts),
+                "worker": r.worker,
             }
         )
     return rows
@@ -128,15 +202,21 @@ def benchmark(
     db: str = DEFAULT_DB,
     output_dir: str = "runs",
     reports_dir: str = "reports",
+    cluster: str = "none",
     db_lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> str:
-    """Validate the dataset, train+evaluate every (model, category), store, report."""
+    """Validate the dataset, train+evaluate every (model, category), store, report.
+
+    `cluster` says where cells run: none | local:N | tcp://host:port | cuda."""
     logger = get_run_logger()
     models = list(models or MODELS)
     unknown = sorted(set(models) - set(MODELS))
     if unknown:
         raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
+    where = parse_cluster(cluster)
+    runner = task_runner_for(where)  # before the run starts: a host without GPUs says so here
+    categories = expand_categories(dataset, categories)
     store, run_id = open_run(
         db, dataset, data_root, categories, models, profile, lock_timeout_s=db_lock_timeout_s
     )
@@ -149,28 +229,31 @@ def benchmark(
         store.finish_run(run_id, "failed_validation", error=report.summary())
         raise DatasetValidationFailed(report.summary())
 
-    results, failed = [], []
-    # one cell at a time: two trainings would only fight over the same CPU cores
-    for category in spec.categories:
-        for model in models:
-            state = train_and_evaluate_task(
-                model,
-                category,
+    # absolute, and created here: workers check they see this very folder (shared filesystem)
+    # model and category names are plain (checked with the dataset): cells stay inside too
+    run_root = artifact_dir(output_dir, run_id).absolute()
+    run_root.mkdir(parents=True, exist_ok=True)
+    cells = [(model, category) for category in spec.categories for model in models]
+    fingerprints = {c: listing_fingerprint(spec.category_dir(c)) for c in spec.categories}
+    logger.info("%d cells on cluster %s", len(cells), where.describe())
+    try:
+        with temporary_settings(_runner_settings(where)):
+            results, failed = train_cells.with_options(
+                task_runner=runner, flow_run_name=f"cells on {where.describe()}"
+            )(
+                cells,
                 spec,
                 settings,
-                artifact_dir(output_dir, run_id, model, category),
+                str(run_root),
                 report.dataset_hash,
+                fingerprints,
+                db,
+                db_lock_timeout_s,
                 run_id,
-                return_state=True,
             )
-            try:
-                result = mark_cached(state.result(), run_id)
-                store.write_result(run_id, result)  # one transaction per cell
-            except Exception as err:  # noqa: BLE001 - one failed cell must not lose the others
-                logger.error("%s on %s was not stored: %s", model, category, err)
-                failed.append(f"{model}/{category}: {err}")
-                continue
-            results.append(result)
+    except Exception as err:  # e.g. the scheduler cannot be reached: the run is over
+        store.finish_run(run_id, "failed", error=f"{type(err).__name__}: {err}")
+        raise
 
     store.finish_run(run_id, run_status(failed, len(results)), error="; ".join(failed) or None)
     report_path = render_report_task(db, run_id, reports_dir)
@@ -200,7 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dataset", choices=["demo", "mvtec", "folder"], default="demo")
     parser.add_argument("--data-root", default=None, help="dataset root (demo: data/demo)")
-    parser.add_argument("--categories", default=None, help="comma-separated, default: all")
+    parser.add_argument(
+        "--categories",
+        default=None,
+        help="comma-separated; 'all' = every category of the dataset (mvtec: all 15); "
+        "default: those present",
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
     parser.add_argument("--profile", choices=["quick", "paper"], default="quick")
     parser.add_argument(
@@ -217,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_LOCK_TIMEOUT_S,
         help="how long to wait for a DuckDB file another program holds (seconds)",
     )
+    parser.add_argument(
+        "--cluster",
+        default="none",
+        help=f"where cells run: {CLUSTER_HELP} (see README, 'Running on a cluster')",
+    )
     args = parser.parse_args(argv)
     state = benchmark(
         dataset=args.dataset,
@@ -228,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         db=args.db,
         output_dir=args.output_dir,
         reports_dir=args.reports_dir,
+        cluster=args.cluster,
         db_lock_timeout_s=args.db_lock_timeout_s,
         return_state=True,
     )

@@ -34,6 +34,7 @@ from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 WORK_POOL = "benchmark-pool"
+GPU_POOL = "gpu-pool"  # mvtec-nightly's pool: a GPU host runs its worker, this stack none
 DEFAULT_PORT = 4200
 HOST = "127.0.0.1"
 STOP_WAIT_S = 10.0
@@ -364,6 +365,8 @@ class Stack:
             # one benchmark at a time: two trainings would only fight over the same cores,
             # and it lets a new run know that any other `running` run is dead
             self.prefect("work-pool", "set-concurrency-limit", WORK_POOL, "1")
+        if self.prefect("work-pool", "inspect", GPU_POOL, check=False).returncode != 0:
+            self.prefect("work-pool", "create", GPU_POOL, "--type", "process")
         if deploy:
             result = self.prefect("--no-prompt", "deploy", "--all", check=False)
             if result.returncode != 0:

@@ -31,7 +31,7 @@ from tasks.results import DatasetError, DatasetSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_CATEGORIES", "MVTEC_CATEGORIES", "prepare_dataset"]
+__all__ = ["DEMO_CATEGORIES", "MVTEC_CATEGORIES", "expand_categories", "prepare_dataset"]
 
 # anomalib.data.datasets.image.mvtecad.CATEGORIES, repeated to avoid importing torch here.
 MVTEC_CATEGORIES: tuple[str, ...] = (
@@ -161,13 +161,23 @@ def require_plain_categories(categories: Sequence[str] | None) -> None:
             raise DatasetError(str(err)) from None
 
 
+def expand_categories(kind: str, categories: Sequence[str] | None) -> list[str] | None:
+    """`["all"]` means every category of the dataset: the 15 of MVTec AD, the demo's,
+    or (None) every folder found; anything else is returned as given."""
+    if categories is None or [c.lower() for c in categories] != ["all"]:
+        return list(categories) if categories is not None else None
+    return {"mvtec": list(MVTEC_CATEGORIES), "demo": list(DEMO_CATEGORIES)}.get(kind)
+
+
 def prepare_dataset(
     kind: str, data_root: str | Path | None, categories: Sequence[str] | None
 ) -> DatasetSpec:
     """Resolve `kind` + `data_root` + `categories` to a `DatasetSpec`, or raise `DatasetError`.
 
-    `categories=None` means every category found (demo: all of `DEMO_CATEGORIES`).
+    `categories=None` means every category found (demo: all of `DEMO_CATEGORIES`);
+    `["all"]` means every category of the dataset (see `expand_categories`).
     """
+    categories = expand_categories(kind, categories)
     if kind not in ("demo", "mvtec", "folder"):
         raise DatasetError(f"unknown dataset kind {kind!r}: use 'demo', 'mvtec' or 'folder'")
     require_plain_categories(categories)

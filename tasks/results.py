@@ -188,3 +188,4 @@ class ModelResult:
     stages: list[StageOutcome] = field(default_factory=list)
     trained_in: str | None = None  # run id of the run that trained it
     cached_from: str | None = None  # set when served from the cache: that run's id
+    worker: str = ""  # who ran it: Dask worker name@address, or host:pid in the flow's process

@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS results (
     status              VARCHAR NOT NULL,  -- completed | no_metrics
     notes               VARCHAR[] NOT NULL DEFAULT [],
     written_at          TIMESTAMP NOT NULL,
-    cached_from         VARCHAR            -- run that trained it, when served from cache
+    cached_from         VARCHAR,           -- run that trained it, when served from cache
+    worker              VARCHAR             -- Dask worker name@address, or host:pid in-process
 );
 CREATE TABLE IF NOT EXISTS training_attempts (
     run_id            VARCHAR NOT NULL,
@@ -251,6 +252,7 @@ MIGRATIONS: dict[int, list[str]] = {
                code_version VARCHAR NOT NULL)""",
         "ALTER TABLE runs ADD COLUMN error VARCHAR",
         "ALTER TABLE results ADD COLUMN cached_from VARCHAR",
+        "ALTER TABLE results ADD COLUMN worker VARCHAR",
         "ALTER TABLE training_attempts ADD COLUMN validation_low DOUBLE",
         "ALTER TABLE training_attempts ADD COLUMN validation_high DOUBLE",
         "ALTER TABLE training_attempts ADD COLUMN validation_pairs INTEGER",
@@ -818,8 +820,8 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
     con.execute(
         """INSERT INTO results (run_id, model, category, profile, settings, weights,
                weights_source, paper_configuration, device, train_seconds, status, notes,
-               written_at, cached_from)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               written_at, cached_from, worker)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             *key,
             result.profile,
@@ -833,6 +835,7 @@ def _insert_result_row(con, key: tuple[str, str, str], result: ModelResult) -> N
             list(result.notes),
             _utcnow(),
             result.cached_from,
+            result.worker or None,
         ],
     )
 

@@ -198,3 +198,27 @@ def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
             for status in ("crashed", "completed")
         }
         assert metric_names["crashed"] == metric_names["completed"]  # whole, not partial
+
+
+def test_nightly_waits_paused_on_the_gpu_pool(stack):
+    """The paper-profile nightly never fires on the CPU-only demo stack: its schedule is
+    created paused and its pool is one no worker of this stack polls."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: stack.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        nightly = client.read_deployment_by_name("anomaly-benchmark/mvtec-nightly")
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id]))
+        )
+        demo = client.read_deployment_by_name("anomaly-benchmark/demo")
+    assert nightly.work_pool_name == "gpu-pool" != demo.work_pool_name
+    assert [s.active for s in nightly.schedules] == [False]
+    assert nightly.parameters["profile"] == "paper"
+    assert nightly.parameters["cluster"] == "cuda"
+    assert nightly.parameters["categories"] == ["all"]
+    assert runs == []
