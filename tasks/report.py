@@ -127,9 +127,7 @@ def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) 
         attempts = rows(
             "SELECT * FROM training_attempts WHERE run_id = ? ORDER BY model, category, attempt"
         )
-        recoveries = rows(
-            "SELECT * FROM recoveries WHERE run_id = ? ORDER BY ALL"
-        )
+        recoveries = rows("SELECT * FROM recoveries WHERE run_id = ? ORDER BY ALL")
         stages = rows("SELECT * FROM stages WHERE run_id = ? ORDER BY model, category, stage")
         losses = rows(
             """SELECT model, category, attempt, loss_name, list(step ORDER BY step) AS steps,
