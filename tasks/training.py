@@ -48,6 +48,7 @@ from anomalib.data.utils import Split, ValSplitMode
 from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
+from tasks.efficientad_training import resolve_training_precision
 from tasks.evaluation import (
     VAL_IMAGE_AUROC,
     RankPreservingPostProcessor,
@@ -371,7 +372,8 @@ def _train_efficientad(
     for number in range(1, profile.max_attempts + 1):
         seed = profile.seed + number - 1
         lr = base.lr * profile.retry_lr_factor ** (number - 1)
-        settings = base.model_copy(update={"lr": lr})
+        precision = resolve_training_precision(base.training_precision, _device(profile))
+        settings = base.model_copy(update={"lr": lr, "training_precision": precision})
         share = 0.8 / profile.max_attempts
         callbacks: list[Callback] = [
             _ProgressCallback(
@@ -392,7 +394,7 @@ def _train_efficientad(
             profile,
             run_dir,
             callbacks,
-            {"max_steps": base.max_steps, "precision": base.training_precision},
+            {"max_steps": base.max_steps, "precision": settings.training_precision},
         )
         attempt = trained.attempt
         attempts.append(attempt)
