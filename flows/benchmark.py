@@ -34,7 +34,7 @@ from flows.validate_dataset import (
     open_run,
     split_list,
 )
-from tasks.profiles import Profile, ProfileError, load_profile
+from tasks.profiles import PROFILES, Profile, ProfileError, load_profile
 from tasks.report import render_report
 from tasks.results import DatasetError, DatasetSpec, ModelResult
 from tasks.training import train_and_evaluate
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="dataset root (demo: data/demo)")
     parser.add_argument("--categories", default=None, help="comma-separated, default: all")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
-    parser.add_argument("--profile", choices=["quick", "paper"], default="quick")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument(
         "--overrides",
         default=None,
