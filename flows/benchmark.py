@@ -44,7 +44,7 @@ from tasks.cluster import (
 from tasks.datasets import expand_categories
 from tasks.gate import DatasetValidationFailed, check_dataset
 from tasks.paths import artifact_dir
-from tasks.profiles import Profile, load_profile
+from tasks.profiles import PROFILES, Profile, load_profile
 from tasks.report import render_report
 from tasks.results import DatasetSpec, ModelResult
 from tasks.retries import retry_transient_faults
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "default: those present",
     )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated")
-    parser.add_argument("--profile", choices=["quick", "paper"], default="quick")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument(
         "--overrides",
         default=None,

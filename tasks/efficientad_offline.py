@@ -63,6 +63,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from tasks.backbones import load_efficientnet_lite0
+from tasks.efficientad_training import TeacherCache, efficientad_losses, resolve_training_precision
 from tasks.profiles import EfficientAdSettings
 
 logger = logging.getLogger(__name__)
@@ -107,9 +108,10 @@ class OfflineAssetError(FileNotFoundError):
 class OfflineEfficientAd(EfficientAd):
     """anomalib's EfficientAd, reading its teacher and penalty images from local paths only.
 
-    Only the two hooks that would download are replaced; training and inference are
-    anomalib's. `penalty_random_crops` draws random crops instead of anomalib's centre crop,
-    so a few photos still give varied penalty images.
+    The two hooks that would download are replaced, and the training step computes
+    anomalib's losses with less work (`tasks.efficientad_training.efficientad_losses`);
+    inference is anomalib's. `penalty_random_crops` draws random crops instead of
+    anomalib's centre crop, so a few photos still give varied penalty images.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class OfflineEfficientAd(EfficientAd):
         super().__init__(imagenet_dir=imagenet_dir, **kwargs)
         self.teacher_path = Path(teacher_path)
         self.penalty_random_crops = penalty_random_crops
+        self.teacher_cache = TeacherCache()
 
     def prepare_pretrained_model(self) -> None:
         self.model.teacher.load_state_dict(
@@ -152,6 +155,35 @@ class OfflineEfficientAd(EfficientAd):
         dataset = ImageFolder(self.imagenet_dir, transform=self.data_transforms_imagenet)
         self.imagenet_loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True)
         self.imagenet_iterator = iter(self.imagenet_loader)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.teacher_cache = TeacherCache()
+
+    def on_train_end(self) -> None:
+        self.teacher_cache.clear()
+
+    def training_step(self, batch, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """anomalib's training step, with its losses from `efficientad_losses` (same
+        losses, less work: see tasks.efficientad_training)."""
+        del args, kwargs
+        try:
+            penalty = next(self.imagenet_iterator)[0].to(self.device)
+        except StopIteration:
+            self.imagenet_iterator = iter(self.imagenet_loader)
+            penalty = next(self.imagenet_iterator)[0].to(self.device)
+        loss_st, loss_ae, loss_stae = efficientad_losses(
+            self.model, batch.image, penalty, self.teacher_cache, batch.image_path
+        )
+        loss = loss_st + loss_ae + loss_stae
+        for name, value in (
+            ("train_st", loss_st),
+            ("train_ae", loss_ae),
+            ("train_stae", loss_stae),
+            ("train_loss", loss),
+        ):
+            self.log(name, value.item(), on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
 
     def teacher_channel_mean_std(self, dataloader: DataLoader) -> dict[str, torch.Tensor]:
         with _quiet_anomalib_tqdm():
@@ -242,6 +274,9 @@ def build_efficientad(
         "teacher": teacher_label,
         "penalty_data": penalty_label,
         "source": teacher_source,
+        "training_precision": resolve_training_precision(
+            settings.training_precision, "cuda" if torch.cuda.is_available() else "cpu"
+        ),
         "paper_configuration": teacher_source == "pretrained"
         and settings.imagenet_dir is not None
         and settings.max_steps >= 70_000

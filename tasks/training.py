@@ -56,6 +56,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from PIL import Image
 
 from checks.manifest_schema import IMAGE_EXTENSIONS
+from tasks.efficientad_training import resolve_training_precision
 from tasks.evaluation import (
     PredictionCollector,
     ScoredImage,
@@ -523,6 +524,8 @@ def fit_with_recovery(prep: Prepared) -> tuple[list[TrainedAttempt], list[Traini
     for number in range(1, profile.max_attempts + 1):
         seed = profile.seed + number - 1
         lr = base.lr * profile.retry_lr_factor ** (number - 1)
+        precision = resolve_training_precision(base.training_precision, _device(profile))
+        settings = base.model_copy(update={"lr": lr, "training_precision": precision})
         share = 0.8 / profile.max_attempts
         progress = _ProgressCallback(
             prep.report,
@@ -534,12 +537,12 @@ def fit_with_recovery(prep: Prepared) -> tuple[list[TrainedAttempt], list[Traini
             "efficientad",
             number,
             seed,
-            base.model_copy(update={"lr": lr}),
+            settings,
             prep.datamodule,
             profile,
             prep.run_dir,
             [progress, *prep.callbacks],
-            {"max_steps": base.max_steps, "precision": base.training_precision},
+            {"max_steps": base.max_steps, "precision": settings.training_precision},
         )
         attempts.append(trained.attempt)
         if watcher.spike is not None:

@@ -1,0 +1,71 @@
+"""EfficientAD-S training step time on CPU: anomalib's losses against
+tasks.efficientad_training's (same losses, less work), in fp32 and bf16 autocast.
+
+One step = losses, backward and Adam update at 256 px, batch 1, the way both run inside
+Lightning (without Lightning's own overhead, the same for both). Prints seconds per step
+(wall and process CPU, median after one warm-up step) for each (losses, precision), and
+whether the CPU has AMX (bf16 is only faster with it).
+
+Usage: python -m benchmarks.efficientad_train_speed [--steps 6] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
+
+from tasks.efficientad_training import TeacherCache, cpu_has_amx, efficientad_losses
+
+
+def step_seconds(losses: str, precision: str, steps: int) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = EfficientAdModel(teacher_out_channels=384, model_size="small").train()
+    model.teacher.requires_grad_(False)
+    for value in model.mean_std.values():
+        value.data.uniform_(0.5, 1.5)
+    params = list(model.student.parameters()) + list(model.ae.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    images, penalty = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
+    cache = TeacherCache()
+    walls, cpus = [], []
+    for _ in range(steps + 1):
+        wall, cpu = time.perf_counter(), time.process_time()
+        with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            if losses == "anomalib":
+                parts = model(images, penalty)
+            else:
+                parts = efficientad_losses(model, images, penalty, cache, ["train/000.png"])
+        optimizer.zero_grad()
+        sum(parts).backward()
+        optimizer.step()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls[1:]), statistics.median(cpus[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(
+        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, AMX {cpu_has_amx()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'losses':<10}{'precision':<11}{'s/step wall':>12}{'s/step CPU':>12}")
+    for losses in ("anomalib", "ours"):
+        for precision in ("fp32", "bf16"):
+            wall, cpu = step_seconds(losses, precision, args.steps)
+            print(f"{losses:<10}{precision:<11}{wall:>12.2f}{cpu:>12.2f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
