@@ -159,15 +159,23 @@ CREATE TABLE IF NOT EXISTS latency (
     model          VARCHAR NOT NULL,
     category       VARCHAR NOT NULL,
     idx            INTEGER NOT NULL, -- order given by training; 0 is the headline figure
-    path           VARCHAR NOT NULL, -- what was timed: torch, openvino, anomalib_test...
-    batch_size     INTEGER NOT NULL,
+    path           VARCHAR NOT NULL, -- inference path: torch-fp32, openvino-int8, anomalib-torch...
+    batch_size     INTEGER NOT NULL, -- the batch of throughput_ips; p50/p95 are batch 1
     device         VARCHAR NOT NULL,
     threads        INTEGER,
     precision      VARCHAR,
-    p50_ms         DOUBLE NOT NULL,
-    p95_ms         DOUBLE NOT NULL,
-    throughput_ips DOUBLE NOT NULL,
-    peak_memory_mb DOUBLE
+    p50_ms         DOUBLE,           -- NULL when the path failed or was skipped
+    p95_ms         DOUBLE,
+    throughput_ips DOUBLE,
+    peak_memory_mb DOUBLE,
+    image_auroc    DOUBLE,           -- this path's scores on the complete test split
+    auroc_delta    DOUBLE,           -- image_auroc minus the torch-fp32 path's
+    status         VARCHAR NOT NULL DEFAULT 'ok', -- ok | failed | skipped
+    error          VARCHAR,          -- why it failed or was skipped
+    timed_runs     INTEGER,          -- batch-1 runs behind p50/p95
+    warmup_runs    INTEGER,
+    setup_seconds  DOUBLE,           -- conversion, quantisation, compilation
+    calibration_paths VARCHAR[]      -- int8 calibration images (training images only)
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id   VARCHAR NOT NULL,
@@ -389,6 +397,17 @@ class ResultStore:
                     "p95_ms": ("DOUBLE", [x.p95_ms for x in lat]),
                     "throughput_ips": ("DOUBLE", [x.throughput_ips for x in lat]),
                     "peak_memory_mb": ("DOUBLE", [x.peak_memory_mb for x in lat]),
+                    "image_auroc": ("DOUBLE", [_float(x.image_auroc) for x in lat]),
+                    "auroc_delta": ("DOUBLE", [_float(x.auroc_delta) for x in lat]),
+                    "status": ("VARCHAR", [x.status for x in lat]),
+                    "error": ("VARCHAR", [x.error for x in lat]),
+                    "timed_runs": ("INTEGER", [x.timed_runs for x in lat]),
+                    "warmup_runs": ("INTEGER", [x.warmup_runs for x in lat]),
+                    "setup_seconds": ("DOUBLE", [x.setup_seconds for x in lat]),
+                    "calibration_paths": (
+                        "VARCHAR[]",
+                        [list(x.calibration_paths) for x in lat],
+                    ),
                 },
             )
             _insert_columns(

@@ -468,10 +468,12 @@ def _artifacts(
     image_size: int,
     profile: Profile,
     run_dir: Path,
-    test_paths: list[Path],
+    test_images: list,
+    train_paths: list[Path],
     notes: list[str],
 ) -> tuple[dict[str, str], list]:
-    """Checkpoint, export and latency; a failure here is noted, not fatal to the metrics."""
+    """Checkpoint, export and every inference path (tasks.inference); a failure here is
+    noted, not fatal to the metrics."""
     artifacts: dict[str, str] = {}
     checkpoint = run_dir / "model.ckpt"
     trained.engine.trainer.save_checkpoint(checkpoint)
@@ -486,16 +488,21 @@ def _artifacts(
         notes.append(f"export failed: {type(err).__name__}: {err}")
     latency: list = []
     try:
-        from tasks.speed import measure_latency
+        from tasks.inference import measure_inference_paths
 
-        latency = measure_latency(
+        paths = measure_inference_paths(
             trained.model,
-            test_paths,
+            [Path(im.path) for im in test_images],
+            [im.label for im in test_images],
+            train_paths,
             image_size=image_size,
-            batch_size=profile.latency_batch_size,
-            iters=profile.latency_iters,
+            out_dir=run_dir / "inference",
+            settings=profile.inference,
             device=_device(profile),
+            torch_export=artifacts.get("torch"),
         )
+        latency = paths.latency
+        artifacts.update(paths.artifacts)
     except Exception as err:  # noqa: BLE001
         logger.exception("latency measurement failed")
         notes.append(f"latency not measured: {type(err).__name__}: {err}")
@@ -555,7 +562,13 @@ def train_and_evaluate(
         report(0.9, f"{label}: overlays, export and latency")
         artifacts = save_overlays(images, run_dir / "overlays", profile.overlays)
         exported, latency = _artifacts(
-            trained, settings.image_size, profile, run_dir, [Path(im.path) for im in images], notes
+            trained,
+            settings.image_size,
+            profile,
+            run_dir,
+            images,
+            _images_in(spec.category_dir(category) / "train" / "good"),
+            notes,
         )
     artifacts.update(exported)
     if trained.weights.get("source") == "fallback":
