@@ -59,9 +59,19 @@ from torch import nn
 from torchvision.transforms import v2
 
 from tasks.profiles import InferenceSettings
-from tasks.results import LatencyResult
+from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AUROC_TOLERANCE",
+    "PATHS",
+    "InferencePaths",
+    "deployable",
+    "efficientad_inference",
+    "load_images",
+    "measure_inference_paths",
+]
 
 PATHS = (
     "torch-fp32",
@@ -73,8 +83,6 @@ PATHS = (
     "anomalib-openvino",
 )
 REFERENCE_PATH = "torch-fp32"
-# The deployable path is the fastest whose image AUROC is this close to fp32's.
-AUROC_TOLERANCE = 0.005
 
 # Kept for the EfficientAD benchmark script and its tests (raw torch module in, scores out).
 Precision = Literal["fp32", "bf16", "openvino-fp32", "openvino-bf16", "openvino-int8"]
@@ -696,17 +704,3 @@ def describe(row: LatencyResult) -> str:
         f"{row.path}: p50 {row.p50_ms:.1f} ms, p95 {row.p95_ms:.1f} ms over {row.timed_runs} "
         f"runs, {row.throughput_ips:.1f} img/s at batch {row.batch_size}, AUROC {auroc}{delta}"
     )
-
-
-def deployable(rows: Sequence[LatencyResult], tolerance: float = AUROC_TOLERANCE):
-    """The fastest (batch-1 p50) of this project's paths whose AUROC is within `tolerance`
-    of fp32's; anomalib's paths are the comparison, not candidates. None if none qualify."""
-    candidates = [
-        r
-        for r in rows
-        if r.status == "ok"
-        and not r.path.startswith("anomalib-")
-        and r.auroc_delta is not None
-        and abs(r.auroc_delta) <= tolerance
-    ]
-    return min(candidates, key=lambda r: r.p50_ms, default=None)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -127,6 +128,28 @@ class LatencyResult:
     warmup_runs: int | None = None
     setup_seconds: float | None = None  # conversion, quantisation, compilation
     calibration_paths: list[str] = field(default_factory=list)  # int8: training images only
+
+
+# The deployable path is the fastest whose image AUROC is this close to fp32's.
+AUROC_TOLERANCE = 0.005
+
+
+def deployable(
+    rows: Sequence[LatencyResult], tolerance: float = AUROC_TOLERANCE
+) -> LatencyResult | None:
+    """The fastest (batch-1 p50) of this project's paths whose image AUROC is within
+    `tolerance` of the torch-fp32 path's; anomalib's own paths are the comparison, not
+    candidates. None when no path qualifies."""
+    candidates = [
+        r
+        for r in rows
+        if r.status == "ok"
+        and r.p50_ms is not None
+        and not r.path.startswith("anomalib-")
+        and r.auroc_delta is not None
+        and abs(r.auroc_delta) <= tolerance
+    ]
+    return min(candidates, key=lambda r: r.p50_ms, default=None)
 
 
 @dataclass

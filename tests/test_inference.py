@@ -178,3 +178,30 @@ def test_deployable_is_the_fastest_path_within_the_auroc_tolerance():
     ]
     assert deployable(rows).path == "openvino-bf16"
     assert deployable([_row("openvino-int8", 20.0, -0.02)]) is None
+
+
+def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path):
+    from tasks.report import render_report
+
+    rows = [
+        _row("torch-fp32", 100.0, 0.0),
+        _row("openvino-bf16", 25.0, -0.003),
+        _row("openvino-int8", 20.0, -0.05),
+        _row("torch-bf16", None, None, status="failed"),
+        _row("anomalib-torch", 110.0, 0.0),
+        _row("anomalib-openvino", 50.0, 0.0),
+    ]
+    for r in rows:
+        r.image_auroc = None if r.auroc_delta is None else 0.9 + r.auroc_delta
+    rows[3].error = "RuntimeError: boom"
+    _store_rows(tmp_path, rows)
+    html = render_report(tmp_path / "results.duckdb", "r1", tmp_path / "reports").read_text()
+    section = html[html.index('id="inference-paths"') :]
+    assert 'class="deployable" data-path="openvino-bf16"' in section
+    assert '<svg id="speed-auroc-patchcore-widget"' in section
+    assert "RuntimeError: boom" in section and 'data-status="failed"' in section
+    # openvino-bf16 is 4.4x anomalib-torch (110/25) and 2x anomalib-openvino (50/25)
+    bf16_row = section[section.index('data-path="openvino-bf16" data-status') :]
+    bf16_row = bf16_row[: bf16_row.index("</tr>")]
+    assert "4.40×" in bf16_row and "2.00×" in bf16_row
+    assert "<script" not in html
