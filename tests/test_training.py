@@ -18,6 +18,8 @@ from tasks.results import DatasetSpec
 
 BASE_LR = 1e-4
 INJECT_AT = 12
+# Inference paths are tested in tests/test_inference.py; here one cheap path suffices.
+FAST_INFERENCE = {"paths": ["torch-fp32"], "timed_runs": 3, "min_timed_runs": 1, "warmup_runs": 1}
 
 
 def _spec(root: Path, masks: bool) -> DatasetSpec:
@@ -42,6 +44,7 @@ def _efficientad_profile(weights_dir: Path):
             "latency_iters": 3,
             "overlays": 1,
             "weights_dir": str(weights_dir),
+            "inference": FAST_INFERENCE,
         },
     )
 
@@ -141,6 +144,7 @@ def _patchcore_profile(weights_dir: Path):
             "latency_iters": 3,
             "overlays": 1,
             "weights_dir": str(weights_dir),
+            "inference": FAST_INFERENCE,
         },
     )
 
@@ -170,6 +174,10 @@ def test_patchcore_without_masks_has_image_metrics_and_no_pixel_metrics(
     assert Path(result.artifacts["checkpoint"]).is_file()
     assert Path(result.artifacts["overlay_best_0"]).is_file()
     assert result.weights["source"] in ("pretrained", "fallback")
+    # the cell's inference paths: torch fp32 scored the whole test split, timed image by image
+    (fp32,) = result.latency
+    assert (fp32.path, fp32.status, fp32.auroc_delta) == ("torch-fp32", "ok", 0.0)
+    assert fp32.timed_runs >= len(result.scores) and fp32.p50_ms > 0
 
 
 def test_patchcore_with_masks_reports_pixel_metrics(make_dataset, weights_dir, tmp_path):
