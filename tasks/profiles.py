@@ -165,7 +165,7 @@ PROFILES: dict[str, dict] = {
         # anomalib's two paths; each path's timed work is capped (rows record the runs)
         "inference": {
             "paths": ("torch-fp32", "openvino-bf16", "anomalib-torch", "anomalib-openvino"),
-            "max_seconds_per_path": 6.0,
+            "max_seconds_per_path": 4.0,
             "warmup_runs": 2,
             "warmup_seconds": 2.0,
             "throughput_batch": 1,
