@@ -168,7 +168,7 @@ def render_report_task(db: str, run_id: str, reports_dir: str) -> Path:
 def comparison_rows(results: list[ModelResult]) -> list[dict]:
     rows = []
     for r in results:
-        batch1 = next((lat for lat in r.latency if lat.batch_size == 1), None)
+        batch1 = next((lat for lat in r.latency if lat.p50_ms is not None), None)  # batch-1 p50
         rows.append(
             {
                 "category": r.category,

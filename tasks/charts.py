@@ -236,3 +236,99 @@ def _format_number(value: float) -> str:
     if magnitude >= 100:
         return f"{value:.0f}"
     return f"{value:.3g}"
+
+
+@dataclass
+class Point:
+    """One labelled dot of a scatter chart, e.g. an inference path."""
+
+    x: float
+    y: float
+    label: str
+    color: str = PALETTE[0]
+    highlight: bool = False  # drawn larger, with a ring (e.g. the deployable path)
+    attrs: dict[str, str] = field(default_factory=dict)  # extra data-* attributes
+
+
+def scatter_chart(
+    chart_id: str,
+    points: Sequence[Point],
+    *,
+    x_label: str,
+    y_label: str,
+    title: str = "",
+    log_x: bool = False,
+    width: int = 460,
+    height: int = 280,
+) -> Markup:
+    """An SVG scatter chart with each dot labelled; non-finite or (log) non-positive x
+    points are left out."""
+    shown = [
+        p for p in points if math.isfinite(p.x) and math.isfinite(p.y) and (p.x > 0 or not log_x)
+    ]
+
+    def tx(x: float) -> float:
+        return math.log10(x) if log_x else x
+
+    xs = [tx(p.x) for p in shown] or [0.0, 1.0]
+    ys = [p.y for p in shown] or [0.0, 1.0]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x_pad = 0.08 * (x1 - x0) if x1 > x0 else 0.5
+    y_pad = 0.08 * (y1 - y0) if y1 > y0 else 0.01
+    x0, x1, y0, y1 = x0 - x_pad, x1 + x_pad * 3, y0 - y_pad, y1 + y_pad
+    left, right, top, bottom = 56, 14, 26 if title else 10, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (tx(x) - x0) / (x1 - x0) * plot_w
+
+    def py(y: float) -> float:
+        return top + plot_h - (y - y0) / (y1 - y0) * plot_h
+
+    out = [
+        f'<svg id="{escape(chart_id)}" class="chart" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title or chart_id)}">'
+    ]
+    if title:
+        out.append(f'<text class="chart-title" x="{left}" y="16">{escape(title)}</text>')
+    out.append('<g class="grid">')
+    for value in _ticks(x0, x1, integer=log_x):
+        shown_value = 10**value if log_x else value
+        x = left + (value - x0) / (x1 - x0) * plot_w
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}"/>')
+        out.append(
+            f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 14}" '
+            f'text-anchor="middle">{_format_number(shown_value)}</text>'
+        )
+    for value in _ticks(y0, y1):
+        y = py(value)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
+        out.append(
+            f'<text class="tick" x="{left - 5}" y="{y + 3.5:.1f}" '
+            f'text-anchor="end">{_format_number(value)}</text>'
+        )
+    out.append("</g>")
+    out.append(
+        f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>'
+        f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" '
+        f'text-anchor="middle">{escape(x_label)}{" (log)" if log_x else ""}</text>'
+        f'<text class="axis-label" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
+    for p in shown:
+        attrs = "".join(f' data-{escape(k)}="{escape(str(v))}"' for k, v in p.attrs.items())
+        x, y = px(p.x), py(p.y)
+        ring = (
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="8" fill="none" stroke="{p.color}"/>'
+            if p.highlight
+            else ""
+        )
+        out.append(
+            f'<g class="point" data-label="{escape(p.label)}"{attrs}>{ring}'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{5 if p.highlight else 4}" fill="{p.color}"/>'
+            f'<text class="legend" x="{x + 7:.1f}" y="{y - 5:.1f}">{escape(p.label)}</text>'
+            f"<title>{escape(p.label)}: {_format_number(p.x)}, {_format_number(p.y)}</title></g>"
+        )
+    out.append("</svg>")
+    return Markup("".join(out))

@@ -13,9 +13,9 @@ anomalib downloads both (the teacher weights and imagenette) when training start
   cached in ``cache_dir`` so it is made once;
 - the penalty images are a local imagenette copy when given, else those same photos.
 
-The provenance dict says which one was used, plainly. `efficientad_inference` returns a
-scoring callable at fp32, bf16 (torch autocast, AVX-512 bf16) or through OpenVINO
-(fp32, bf16, int8 via NNCF).
+The provenance dict says which one was used, plainly. Inference backends (torch fp32/bf16,
+OpenVINO fp32/bf16/int8) live in `tasks.inference`; `efficientad_inference` and
+`load_images` are re-exported here for existing callers.
 
 Example:
     >>> profile = load_profile("quick")
@@ -31,27 +31,23 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
 
 import numpy as np
 import skimage.data
 import torch
 import torch.nn.functional as F  # noqa: N812
 import tqdm
-from anomalib.data import InferenceBatch
 from anomalib.models import EfficientAd
 from anomalib.models.image.efficient_ad import lightning_model as anomalib_efficientad
 from anomalib.models.image.efficient_ad.torch_model import (
-    EfficientAdModel,
     MediumPatchDescriptionNetwork,
     SmallPatchDescriptionNetwork,
 )
@@ -64,9 +60,20 @@ from torchvision.transforms import v2
 
 from tasks.backbones import load_efficientnet_lite0
 from tasks.efficientad_training import TeacherCache, efficientad_losses, resolve_training_precision
+from tasks.inference import efficientad_inference, load_images
 from tasks.profiles import EfficientAdSettings
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OfflineAssetError",
+    "OfflineEfficientAd",
+    "build_efficientad",
+    "distilled_teacher",
+    "efficientad_inference",
+    "load_images",
+    "natural_photo_folder",
+]
 
 # Bump when the distillation recipe changes: cached teachers of an older recipe are not reused.
 TEACHER_RECIPE_VERSION = 1
@@ -94,7 +101,6 @@ DISTILL_LR = 2e-3
 # mid-level features like the WideResNet layer2+layer3 that the paper's teacher imitates.
 LITE0_TARGET_BLOCKS = (1, 2, 3)
 
-Precision = Literal["fp32", "bf16", "openvino-fp32", "openvino-bf16", "openvino-int8"]
 PDN = SmallPatchDescriptionNetwork | MediumPatchDescriptionNetwork
 
 
@@ -493,110 +499,3 @@ def distilled_teacher(size: str, steps: int, seed: int, cache_dir: Path) -> tupl
         f"not anomalib's pretrained teacher; cached at {path}"
     )
     return path, label
-
-
-class _ScoreAndMap(nn.Module):
-    """The trained torch model with plain tensor outputs, for tracing and export."""
-
-    def __init__(self, model: EfficientAdModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        result = self.model(images)
-        return result.pred_score.reshape(-1), result.anomaly_map
-
-
-def efficientad_inference(
-    model: EfficientAd | EfficientAdModel,
-    precision: Precision = "fp32",
-    *,
-    image_size: int = 256,
-    calibration_images: torch.Tensor | None = None,
-    threads: int | None = None,
-) -> Callable[[torch.Tensor], InferenceBatch]:
-    """A callable scoring a batch of images (N, 3, image_size, image_size) in [0, 1].
-
-    Returns anomalib's InferenceBatch with raw `pred_score` (N,) and `anomaly_map`
-    (N, 1, H, W), as the torch model gives them (before anomalib's post-processing).
-    "bf16" runs the torch model under CPU autocast; "openvino-*" converts it with OpenVINO
-    (installed separately); "openvino-int8" quantises with NNCF on `calibration_images`
-    (training images, no labels needed).
-    """
-    torch_model = model.model if isinstance(model, EfficientAd) else model
-    torch_model = torch_model.eval()
-    if precision in ("fp32", "bf16"):
-        use_bf16 = precision == "bf16"
-        # channels-last lets oneDNN skip layout reorders: ~15% (fp32) to ~30% (bf16) less CPU
-        fast_model = copy.deepcopy(torch_model).to(memory_format=torch.channels_last)
-
-        def score(images: torch.Tensor) -> InferenceBatch:
-            images = images.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=use_bf16):
-                result = fast_model(images)
-            return InferenceBatch(
-                pred_score=result.pred_score.float().reshape(-1),
-                anomaly_map=result.anomaly_map.float(),
-            )
-
-        return score
-
-    if not precision.startswith("openvino-"):
-        msg = f"unknown precision {precision!r}: choose one of {Precision.__args__}"
-        raise ValueError(msg)
-    return _openvino_inference(torch_model, precision, image_size, calibration_images, threads)
-
-
-def _openvino_inference(
-    torch_model: EfficientAdModel,
-    precision: str,
-    image_size: int,
-    calibration_images: torch.Tensor | None,
-    threads: int | None,
-) -> Callable[[torch.Tensor], InferenceBatch]:
-    try:
-        import openvino as ov
-    except ImportError as err:
-        msg = "OpenVINO inference needs the 'openvino' package (pip install openvino)"
-        raise ImportError(msg) from err
-    example = torch.rand(1, 3, image_size, image_size)
-    with torch.no_grad():
-        ov_model = ov.convert_model(
-            _ScoreAndMap(torch_model),
-            example_input=example,
-            input=[(-1, 3, image_size, image_size)],
-        )
-    if precision == "openvino-int8":
-        if calibration_images is None or len(calibration_images) == 0:
-            msg = "openvino-int8 needs calibration_images (a few training images)"
-            raise ValueError(msg)
-        import nncf
-
-        calibration = nncf.Dataset([image[None].numpy() for image in calibration_images])
-        ov_model = nncf.quantize(
-            ov_model, calibration, subset_size=len(calibration_images), fast_bias_correction=True
-        )
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "openvino-bf16" else "f32"}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
-    request = compiled.create_infer_request()
-
-    def score(images: torch.Tensor) -> InferenceBatch:
-        outputs = request.infer({0: images.numpy()})
-        pred_score, anomaly_map = (torch.from_numpy(outputs[i]) for i in range(2))
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
-
-    return score
-
-
-def load_images(paths: list[Path], image_size: int) -> torch.Tensor:
-    """Decode and resize images as the EfficientAD pre-processor does: (N, 3, S, S) in [0, 1]."""
-    resize = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Resize((image_size, image_size), antialias=True),
-        ]
-    )
-    return torch.stack([resize(Image.open(p).convert("RGB")) for p in paths])

@@ -121,6 +121,44 @@ class EfficientAdSettings(_Settings):
     teacher_distill_steps: int = Field(300, ge=1, description="offline fallback teacher only")
 
 
+InferencePath = Literal[
+    "torch-fp32",
+    "torch-bf16",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "anomalib-torch",
+    "anomalib-openvino",
+]
+ALL_INFERENCE_PATHS: tuple[InferencePath, ...] = InferencePath.__args__
+
+
+class InferenceSettings(_Settings):
+    """Which inference paths are timed and scored per (model, category), and how long
+    (see tasks.inference). torch-fp32 is always measured: it is the AUROC reference."""
+
+    paths: tuple[InferencePath, ...] = Field(ALL_INFERENCE_PATHS, min_length=1)
+    timed_runs: int = Field(50, ge=1, description="batch-1 timed runs wanted per path")
+    min_timed_runs: int = Field(
+        5, ge=1, description="runs always timed, even past max_seconds_per_path"
+    )
+    max_seconds_per_path: float = Field(
+        60.0, gt=0, description="cap on timed work per path; slower paths get fewer runs"
+    )
+    warmup_runs: int = Field(3, ge=1, description="untimed runs first (at least one)")
+    warmup_seconds: float = Field(5.0, ge=0, description="cap on warm-up after the first run")
+    throughput_batch: int = Field(
+        8, ge=1, description="batch for throughput; 1 = from the batch-1 timed runs"
+    )
+    throughput_rounds: int = Field(4, ge=1, description="batches timed for throughput")
+    calibration_images: int = Field(
+        32, ge=1, description="training images that calibrate int8 (never test images)"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="OpenVINO inference threads; None = torch's thread count"
+    )
+
+
 class Profile(_Settings):
     name: str
     seed: int = 42
@@ -138,6 +176,7 @@ class Profile(_Settings):
         None, description="offline weights cache; None = <repo>/data/weights"
     )
     overlays: int = Field(2, ge=0, description="best and worst anomaly-map overlays to save")
+    inference: InferenceSettings = InferenceSettings()
 
 
 PROFILES: dict[str, dict] = {
@@ -148,6 +187,16 @@ PROFILES: dict[str, dict] = {
         # 1.4 s (fp32 with the cheaper losses, tasks.efficientad_training; bf16 where AMX).
         "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
         "latency_iters": 10,
+        # ~30-40 s per cell on 2 cores: the fp32 reference, the fast OpenVINO path and
+        # anomalib's two paths; each path's timed work is capped (rows record the runs)
+        "inference": {
+            "paths": ("torch-fp32", "openvino-bf16", "anomalib-torch", "anomalib-openvino"),
+            "max_seconds_per_path": 4.0,
+            "warmup_runs": 2,
+            "warmup_seconds": 2.0,
+            "throughput_batch": 1,
+            "calibration_images": 16,
+        },
     },
     "cpu": {
         # A real category on 2 CPU cores: about 10 min of EfficientAD training (400 steps),

@@ -31,7 +31,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image
 
-from tasks.charts import DASHES, PALETTE, Marker, Series, line_chart, thin
+from tasks.charts import DASHES, PALETTE, Marker, Point, Series, line_chart, scatter_chart, thin
+from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
 from tasks.store import CORE_METRICS, ResultStore
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) 
         "trend": _trend(comparison, history, run_id, tolerance),
         "provenance": _provenance(results),
         "environment": _environment(run, results, latency),
+        "inference_paths": inference_path_tables(latency, models, categories),
         "score_counts": score_counts,
     }
 
@@ -149,7 +151,8 @@ def _comparison_table(models, categories, metrics, averages, latency, result_by_
     metric_at = {(m["model"], m["category"], m["metric"]): m for m in metrics}
     headline_latency = {}
     for row in latency:  # idx 0 first: the headline figure per (model, category)
-        headline_latency.setdefault((row["model"], row["category"]), row)
+        if row["p50_ms"] is not None:  # a failed or skipped path has no figures
+            headline_latency.setdefault((row["model"], row["category"]), row)
     body = []
     for category in categories:
         cells = {}
@@ -438,6 +441,66 @@ def _environment(run, results, latency) -> dict:
         key=str,
     )
     return {"host": env, "packages": packages, "devices": devices, "timing": timing}
+
+
+# ---- inference paths ---------------------------------------------------------------------
+
+ANOMALIB_PATHS = ("anomalib-torch", "anomalib-openvino")
+_LATENCY_FIELDS = set(LatencyResult.__dataclass_fields__)
+
+
+def inference_path_tables(latency: list[dict], models: list[str], categories: list[str]) -> list:
+    """Per (model, category): every inference path with p50, p95, img/s, AUROC, its delta
+    to torch-fp32 and its speed-up over anomalib's two paths (p50 ratio), the deployable
+    path (fastest within AUROC_TOLERANCE of fp32) and a speed-versus-AUROC chart."""
+    tables = []
+    for model in models:
+        for category in categories:
+            rows = [r for r in latency if r["model"] == model and r["category"] == category]
+            if rows and "image_auroc" in rows[0]:
+                tables.append(_inference_table(model, category, rows))
+    return tables
+
+
+def _inference_table(model: str, category: str, rows: list[dict]) -> dict:
+    results = [LatencyResult(**{k: v for k, v in r.items() if k in _LATENCY_FIELDS}) for r in rows]
+    best = deployable(results)
+    anomalib_p50 = {r.path: r.p50_ms for r in results if r.path in ANOMALIB_PATHS and r.p50_ms}
+    table_rows = []
+    for r in results:
+        speedup = {
+            path: (p50 / r.p50_ms if r.p50_ms else None) for path, p50 in anomalib_p50.items()
+        }
+        table_rows.append({"row": r, "speedup": speedup, "deployable": r is best})
+    points = [
+        Point(
+            x=1000 / r.p50_ms,
+            y=r.image_auroc,
+            label=r.path,
+            color=PALETTE[3] if r.path in ANOMALIB_PATHS else model_color(model),
+            highlight=r is best,
+            attrs={"path": r.path},
+        )
+        for r in results
+        if r.p50_ms and r.image_auroc is not None
+    ]
+    chart = scatter_chart(
+        f"speed-auroc-{model}-{category}",
+        points,
+        x_label="images/s at batch 1, decode included",
+        y_label="image AUROC",
+        title=f"{model_name(model)} · {category}",
+        log_x=True,
+    )
+    return {
+        "model": model,
+        "category": category,
+        "rows": table_rows,
+        "anomalib_paths": [p for p in ANOMALIB_PATHS if p in anomalib_p50],
+        "deployable": best,
+        "tolerance": AUROC_TOLERANCE,
+        "chart": chart if points else None,
+    }
 
 
 # ---- small helpers -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -144,15 +145,49 @@ class TrainingAttempt:
 
 @dataclass
 class LatencyResult:
-    p50_ms: float
-    p95_ms: float
-    throughput_ips: float  # images per second at `batch_size`
+    """One inference path of one (model, category): how fast, and how accurate.
+
+    Timing figures are None when the path failed or was skipped (`status`, `error`)."""
+
+    p50_ms: float | None  # batch-1 latency, decode included
+    p95_ms: float | None
+    throughput_ips: float | None  # images per second at `batch_size`
     batch_size: int
     device: str
     threads: int
-    peak_memory_mb: float
-    precision: str  # "fp32", "bf16", ...
-    path: str  # what was timed: "torch", "openvino", "anomalib_test"...
+    peak_memory_mb: float | None
+    precision: str  # "fp32", "bf16", "int8"
+    path: str  # "torch-fp32", "openvino-int8", "anomalib-torch", ... (tasks.inference.PATHS)
+    image_auroc: float | None = None  # this path's scores on the complete test split
+    auroc_delta: float | None = None  # image_auroc minus the torch-fp32 path's
+    status: str = "ok"  # ok | failed | skipped (the device cannot run it)
+    error: str | None = None  # why it failed or was skipped, or what was not measured
+    timed_runs: int | None = None  # batch-1 runs behind p50/p95
+    warmup_runs: int | None = None
+    setup_seconds: float | None = None  # conversion, quantisation, compilation
+    calibration_paths: list[str] = field(default_factory=list)  # int8: training images only
+
+
+# The deployable path is the fastest whose image AUROC is this close to fp32's.
+AUROC_TOLERANCE = 0.005
+
+
+def deployable(
+    rows: Sequence[LatencyResult], tolerance: float = AUROC_TOLERANCE
+) -> LatencyResult | None:
+    """The fastest (batch-1 p50) of this project's paths whose image AUROC is within
+    `tolerance` of the torch-fp32 path's; anomalib's own paths are the comparison, not
+    candidates. None when no path qualifies."""
+    candidates = [
+        r
+        for r in rows
+        if r.status == "ok"
+        and r.p50_ms is not None
+        and not r.path.startswith("anomalib-")
+        and r.auroc_delta is not None
+        and abs(r.auroc_delta) <= tolerance
+    ]
+    return min(candidates, key=lambda r: r.p50_ms, default=None)
 
 
 @dataclass

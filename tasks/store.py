@@ -208,15 +208,23 @@ CREATE TABLE IF NOT EXISTS latency (
     model          VARCHAR NOT NULL,
     category       VARCHAR NOT NULL,
     idx            INTEGER NOT NULL, -- order given by training; 0 is the headline figure
-    path           VARCHAR NOT NULL, -- what was timed: torch, openvino, anomalib_test...
-    batch_size     INTEGER NOT NULL,
+    path           VARCHAR NOT NULL, -- inference path: torch-fp32, openvino-int8, anomalib-torch...
+    batch_size     INTEGER NOT NULL, -- the batch of throughput_ips; p50/p95 are batch 1
     device         VARCHAR NOT NULL,
     threads        INTEGER,
     precision      VARCHAR,
-    p50_ms         DOUBLE NOT NULL,
-    p95_ms         DOUBLE NOT NULL,
-    throughput_ips DOUBLE NOT NULL,
-    peak_memory_mb DOUBLE
+    p50_ms         DOUBLE,           -- NULL when the path failed or was skipped
+    p95_ms         DOUBLE,
+    throughput_ips DOUBLE,
+    peak_memory_mb DOUBLE,
+    image_auroc    DOUBLE,           -- this path's scores on the complete test split
+    auroc_delta    DOUBLE,           -- image_auroc minus the torch-fp32 path's
+    status         VARCHAR NOT NULL DEFAULT 'ok', -- ok | failed | skipped
+    error          VARCHAR,          -- why it failed or was skipped
+    timed_runs     INTEGER,          -- batch-1 runs behind p50/p95
+    warmup_runs    INTEGER,
+    setup_seconds  DOUBLE,           -- conversion, quantisation, compilation
+    calibration_paths VARCHAR[]      -- int8 calibration images (training images only)
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id   VARCHAR NOT NULL,
@@ -253,6 +261,18 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE runs ADD COLUMN error VARCHAR",
         "ALTER TABLE results ADD COLUMN cached_from VARCHAR",
         "ALTER TABLE results ADD COLUMN worker VARCHAR",
+        "ALTER TABLE latency ALTER COLUMN p50_ms DROP NOT NULL",
+        "ALTER TABLE latency ALTER COLUMN p95_ms DROP NOT NULL",
+        "ALTER TABLE latency ALTER COLUMN throughput_ips DROP NOT NULL",
+        "ALTER TABLE latency ADD COLUMN image_auroc DOUBLE",
+        "ALTER TABLE latency ADD COLUMN auroc_delta DOUBLE",
+        "ALTER TABLE latency ADD COLUMN status VARCHAR DEFAULT 'ok'",
+        "ALTER TABLE latency ALTER COLUMN status SET NOT NULL",
+        "ALTER TABLE latency ADD COLUMN error VARCHAR",
+        "ALTER TABLE latency ADD COLUMN timed_runs INTEGER",
+        "ALTER TABLE latency ADD COLUMN warmup_runs INTEGER",
+        "ALTER TABLE latency ADD COLUMN setup_seconds DOUBLE",
+        "ALTER TABLE latency ADD COLUMN calibration_paths VARCHAR[]",
         "ALTER TABLE training_attempts ADD COLUMN validation_low DOUBLE",
         "ALTER TABLE training_attempts ADD COLUMN validation_high DOUBLE",
         "ALTER TABLE training_attempts ADD COLUMN validation_pairs INTEGER",
@@ -778,6 +798,14 @@ def _replace_result(con: duckdb.DuckDBPyConnection, run_id: str, result: ModelRe
             "p95_ms": ("DOUBLE", [x.p95_ms for x in lat]),
             "throughput_ips": ("DOUBLE", [x.throughput_ips for x in lat]),
             "peak_memory_mb": ("DOUBLE", [x.peak_memory_mb for x in lat]),
+            "image_auroc": ("DOUBLE", [_float(x.image_auroc) for x in lat]),
+            "auroc_delta": ("DOUBLE", [_float(x.auroc_delta) for x in lat]),
+            "status": ("VARCHAR", [x.status for x in lat]),
+            "error": ("VARCHAR", [x.error for x in lat]),
+            "timed_runs": ("INTEGER", [x.timed_runs for x in lat]),
+            "warmup_runs": ("INTEGER", [x.warmup_runs for x in lat]),
+            "setup_seconds": ("DOUBLE", [x.setup_seconds for x in lat]),
+            "calibration_paths": ("VARCHAR[]", [list(x.calibration_paths) for x in lat]),
         },
     )
     _insert_columns(

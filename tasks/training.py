@@ -351,6 +351,7 @@ class Prepared:
     n_test: int
     run_dir: Path
     report: Progress
+    train_paths: list[Path]
     callbacks: list[Callback] = field(default_factory=list)
 
     @property
@@ -426,6 +427,7 @@ def prepare(
         n_test,
         run_dir,
         report,
+        _images_in(spec.category_dir(category) / "train" / "good"),
         list(callbacks or []),
     )
 
@@ -637,26 +639,36 @@ def export(prep: Prepared, chosen: TrainedAttempt) -> tuple[dict[str, str], Stag
 
 
 def time_inference(
-    prep: Prepared, chosen: TrainedAttempt, images: list[ScoredImage]
-) -> tuple[list[LatencyResult], StageOutcome]:
-    """Latency and throughput on the test images (completed or failed, never silent)."""
+    prep: Prepared, chosen: TrainedAttempt, images: list[ScoredImage], artifacts: dict[str, str]
+) -> tuple[list[LatencyResult], dict[str, str], StageOutcome]:
+    """Every inference path (tasks.inference): latency, throughput and image AUROC on the
+    test images, each path's row `ok` or failed with its error, never silent. Int8
+    calibration reads training images only."""
     started = time.perf_counter()
     try:
-        from tasks.speed import measure_latency
+        from tasks.inference import measure_inference_paths
 
-        latency = measure_latency(
+        paths = measure_inference_paths(
             chosen.model,
             [Path(im.path) for im in images],
+            [im.label for im in images],
+            prep.train_paths,
             image_size=prep.settings.image_size,
-            batch_size=prep.profile.latency_batch_size,
-            iters=prep.profile.latency_iters,
+            out_dir=prep.run_dir / "inference",
+            settings=prep.profile.inference,
             device=_device(prep.profile),
+            torch_export=artifacts.get("torch"),
         )
     except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
-        return [], _failed("latency", err, started)
-    if not latency:
-        return [], StageOutcome("latency", "failed", "no timing came back", _since(started))
-    return latency, StageOutcome("latency", "completed", None, _since(started))
+        return [], {}, _failed("latency", err, started)
+    if not any(row.status == "ok" for row in paths.latency):
+        outcome = StageOutcome("latency", "failed", "no inference path ran", _since(started))
+        return paths.latency, paths.artifacts, outcome
+    return (
+        paths.latency,
+        paths.artifacts,
+        StageOutcome("latency", "completed", None, _since(started)),
+    )
 
 
 def _settings_record(prep: Prepared, chosen: TrainedAttempt) -> dict[str, Any]:
@@ -701,7 +713,8 @@ def train_and_evaluate(
         evaluation = evaluate(prep, chosen)
         prep.report(0.9, f"{prep.label}: export and latency")
         artifacts, exported = export(prep, chosen)
-        latency, timed = time_inference(prep, chosen, evaluation.images)
+        latency, path_artifacts, timed = time_inference(prep, chosen, evaluation.images, artifacts)
+        artifacts.update(path_artifacts)
     if chosen.weights.get("source") == "fallback":
         notes.append(f"weights are a fallback, not the paper's pretrained ones: {chosen.weights}")
     prep.report(1.0, f"{prep.label}: done, image AUROC {evaluation.metrics['image_auroc']}")

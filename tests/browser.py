@@ -142,8 +142,8 @@ def table_mismatches(con, run_id: str, cells: list[dict]) -> list[str]:
         expected[(model, "average", metric)] = value
     headline = con.execute(
         "SELECT model, category, p50_ms, p95_ms, throughput_ips FROM latency "
-        "WHERE run_id = ? QUALIFY row_number() OVER (PARTITION BY model, category "
-        "ORDER BY idx) = 1",
+        "WHERE run_id = ? AND p50_ms IS NOT NULL "  # a failed path has no figures
+        "QUALIFY row_number() OVER (PARTITION BY model, category ORDER BY idx) = 1",
         [run_id],
     ).fetchall()
     for model, category, *values in headline:

@@ -21,6 +21,8 @@ from tests.spike_injection import LearningRateBlowUp, NegatedScores
 BASE_LR = 1e-4
 PLANNED_STEPS = 40
 INJECT_AT = 36  # 90 % of the plan
+# Inference paths are tested in tests/test_inference.py; here one cheap path suffices.
+FAST_INFERENCE = {"paths": ["torch-fp32"], "timed_runs": 3, "min_timed_runs": 1, "warmup_runs": 1}
 
 
 def _spec(root: Path, masks: bool) -> DatasetSpec:
@@ -45,6 +47,7 @@ def _efficientad_profile(weights_dir: Path):
             "latency_iters": 3,
             "overlays": 1,
             "weights_dir": str(weights_dir),
+            "inference": FAST_INFERENCE,
         },
     )
 
@@ -153,6 +156,7 @@ def _patchcore_profile(weights_dir: Path, **overrides):
             "latency_iters": 3,
             "overlays": 1,
             "weights_dir": str(weights_dir),
+            "inference": FAST_INFERENCE,
             **overrides,
         },
     )
@@ -188,7 +192,11 @@ def test_patchcore_without_masks_has_image_metrics_and_no_pixel_metrics(
         ("export", "completed"),
         ("latency", "completed"),
     ]
-    assert Path(result.artifacts["torch"]).is_file() and result.latency
+    assert Path(result.artifacts["torch"]).is_file()
+    # the cell's inference paths: torch fp32 scored the whole test split, timed image by image
+    (fp32,) = result.latency
+    assert (fp32.path, fp32.status, fp32.auroc_delta) == ("torch-fp32", "ok", 0.0)
+    assert fp32.timed_runs >= len(result.scores) and fp32.p50_ms > 0
 
 
 def test_patchcore_with_masks_reports_pixel_metrics_and_a_validation_interval(

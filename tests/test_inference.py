@@ -1,0 +1,207 @@
+"""Every inference path of a real (tiny) PatchCore: timed, scored, stored; failures kept.
+
+The model is anomalib's PatchCore with the offline backbone, fitted at 64 px on a few
+noise textures, so each path builds in seconds. Timing goals live in
+benchmarks/inference_paths.py, not here: these tests check what is measured and stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from anomalib.engine import Engine
+from conftest import build_mvtec_layout
+
+from tasks.inference import PATHS, cpu_has_bf16, deployable, measure_inference_paths
+from tasks.profiles import InferenceSettings, load_profile
+from tasks.results import DatasetSpec, LatencyResult, ModelResult
+from tasks.store import ResultStore
+from tasks.training import make_datamodule
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory):
+    """A fitted PatchCore and its category's train and test images."""
+    from tasks.backbones import build_patchcore
+
+    root = build_mvtec_layout(
+        tmp_path_factory.mktemp("inference") / "data", n_train=6, n_test_good=3
+    )
+    profile = load_profile("quick", {"patchcore": {"image_size": SIZE}})
+    spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
+    datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
+    model, _ = build_patchcore(profile.patchcore)
+    engine = Engine(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path_factory.mktemp("engine"),
+    )
+    engine.fit(model, datamodule=datamodule)
+    category = root / "widget"
+    test = sorted((category / "test").rglob("*.png"))
+    labels = [int(p.parent.name != "good") for p in test]
+    train = sorted((category / "train" / "good").glob("*.png"))
+    return model, test, labels, train, category
+
+
+def _store_rows(tmp_path: Path, rows: list[LatencyResult]):
+    store = ResultStore(tmp_path / "results.duckdb")
+    store.start_run(
+        "r1",
+        flow_run_id=None,
+        dataset="folder",
+        data_root="x",
+        categories=["widget"],
+        models=["patchcore"],
+        profile="quick",
+    )
+    result = ModelResult(
+        model="patchcore",
+        category="widget",
+        profile="quick",
+        settings={},
+        weights={"source": "fallback"},
+        device="cpu",
+        metrics={"image_auroc": 1.0},
+        latency=rows,
+    )
+    store.write_result("r1", result)
+    return store.query("SELECT * FROM latency ORDER BY idx")
+
+
+@pytest.mark.slow
+def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
+    model, test, labels, train, category = fitted
+    settings = InferenceSettings(timed_runs=50, max_seconds_per_path=120, throughput_batch=2)
+    measured = measure_inference_paths(
+        model,
+        test,
+        labels,
+        train,
+        image_size=SIZE,
+        out_dir=tmp_path / "inference",
+        settings=settings,
+    )
+    rows = {r.path: r for r in measured.latency}
+    assert list(rows) == list(PATHS)
+    expected_ok = set(PATHS) - (set() if cpu_has_bf16() else {"torch-bf16"})
+    for name in expected_ok:
+        row = rows[name]
+        assert row.status == "ok", (name, row.error)
+        assert 0 < row.p50_ms <= row.p95_ms, name
+        assert row.timed_runs >= 50 and row.warmup_runs >= 1, name
+        assert row.throughput_ips > 0 and row.image_auroc is not None, name
+        assert row.auroc_delta == pytest.approx(row.image_auroc - rows["torch-fp32"].image_auroc)
+    assert rows["torch-fp32"].auroc_delta == 0
+    if not cpu_has_bf16():
+        assert rows["torch-bf16"].status == "skipped" and "BF16" in rows["torch-bf16"].error
+    # int8 is calibrated on training images only
+    calibration = [Path(p) for p in rows["openvino-int8"].calibration_paths]
+    assert calibration and all(p.parent == category / "train" / "good" for p in calibration)
+    assert not set(calibration) & set(test)
+    for kind in ("openvino_ir", "openvino_int8_ir", "onnx", "anomalib_openvino_ir"):
+        assert Path(measured.artifacts[kind]).is_file(), kind
+
+    stored = _store_rows(tmp_path, measured.latency)
+    assert list(stored["path"]) == list(PATHS)
+    assert set(stored["status"]) <= {"ok", "skipped"}
+    int8 = stored[stored["path"] == "openvino-int8"].iloc[0]
+    assert int8["precision"] == "int8" and int8["timed_runs"] >= 50
+    assert list(int8["calibration_paths"]) == rows["openvino-int8"].calibration_paths
+    fp32 = stored[stored["path"] == "torch-fp32"].iloc[0]
+    assert fp32["image_auroc"] == pytest.approx(rows["torch-fp32"].image_auroc)
+
+
+def test_a_failing_path_is_stored_as_failed_with_its_error(fitted, tmp_path):
+    model, test, labels, _, _ = fitted
+    settings = InferenceSettings(
+        paths=("torch-fp32", "openvino-int8"), timed_runs=5, warmup_runs=1, throughput_batch=1
+    )
+    # no training images: int8 has nothing it may calibrate on, and must not take test images
+    measured = measure_inference_paths(
+        model, test, labels, [], image_size=SIZE, out_dir=tmp_path / "inf", settings=settings
+    )
+    fp32, int8 = measured.latency
+    assert fp32.status == "ok" and fp32.timed_runs >= 5 and fp32.image_auroc is not None
+    assert int8.status == "failed" and "training images" in int8.error
+    assert int8.p50_ms is None and int8.image_auroc is None
+
+    stored = _store_rows(tmp_path, measured.latency)
+    failed = stored[stored["path"] == "openvino-int8"].iloc[0]
+    assert failed["status"] == "failed" and "training images" in failed["error"]
+    assert failed["p50_ms"] is None or failed["p50_ms"] != failed["p50_ms"]  # NULL
+
+
+def test_calibration_images_from_the_test_split_are_refused(fitted, tmp_path):
+    model, test, labels, train, _ = fitted
+    with pytest.raises(ValueError, match="must not be test images"):
+        measure_inference_paths(
+            model,
+            test,
+            labels,
+            [*train, test[0]],
+            image_size=SIZE,
+            out_dir=tmp_path,
+            settings=InferenceSettings(paths=("torch-fp32",)),
+        )
+
+
+def _row(path: str, p50: float | None, delta: float | None, status: str = "ok"):
+    return LatencyResult(
+        p50_ms=p50,
+        p95_ms=p50,
+        throughput_ips=None if p50 is None else 1000 / p50,
+        batch_size=1,
+        device="cpu",
+        threads=2,
+        peak_memory_mb=None,
+        precision="fp32",
+        path=path,
+        auroc_delta=delta,
+        status=status,
+    )
+
+
+def test_deployable_is_the_fastest_path_within_the_auroc_tolerance():
+    rows = [
+        _row("torch-fp32", 100.0, 0.0),
+        _row("openvino-bf16", 30.0, -0.004),
+        _row("openvino-int8", 20.0, -0.02),  # faster, but loses accuracy
+        _row("anomalib-openvino", 10.0, 0.0),  # anomalib's paths are the comparison
+        _row("torch-bf16", None, None, status="failed"),
+    ]
+    assert deployable(rows).path == "openvino-bf16"
+    assert deployable([_row("openvino-int8", 20.0, -0.02)]) is None
+
+
+def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path):
+    from tasks.report import render_report
+
+    rows = [
+        _row("torch-fp32", 100.0, 0.0),
+        _row("openvino-bf16", 25.0, -0.003),
+        _row("openvino-int8", 20.0, -0.05),
+        _row("torch-bf16", None, None, status="failed"),
+        _row("anomalib-torch", 110.0, 0.0),
+        _row("anomalib-openvino", 50.0, 0.0),
+    ]
+    for r in rows:
+        r.image_auroc = None if r.auroc_delta is None else 0.9 + r.auroc_delta
+    rows[3].error = "RuntimeError: boom"
+    _store_rows(tmp_path, rows)
+    html = render_report(tmp_path / "results.duckdb", "r1", tmp_path / "reports").read_text()
+    section = html[html.index('id="inference-paths"') :]
+    assert 'class="deployable" data-path="openvino-bf16"' in section
+    assert '<svg id="speed-auroc-patchcore-widget"' in section
+    assert "RuntimeError: boom" in section and 'data-status="failed"' in section
+    # openvino-bf16 is 4.4x anomalib-torch (110/25) and 2x anomalib-openvino (50/25)
+    bf16_row = section[section.index('data-path="openvino-bf16" data-status') :]
+    bf16_row = bf16_row[: bf16_row.index("</tr>")]
+    assert "4.40×" in bf16_row and "2.00×" in bf16_row
+    assert "<script" not in html
