@@ -393,12 +393,14 @@ def _provenance(results) -> list[dict]:
                 "paper_configuration": r["paper_configuration"],
                 "paper_text": paper_configuration_text(r, weights),
                 "devices": set(),
+                "workers": {},
                 "notes": [],
                 "per_category": {},
             },
         )
         group["categories"].append(r["category"])
         group["devices"].add(r["device"])
+        group["workers"][r["category"]] = r.get("worker") or "?"
         group["notes"] += [n for n in r["notes"] if n not in group["notes"]]
         group["per_category"][r["category"]] = flatten(json.loads(r["settings"]))
     for group in groups.values():

@@ -117,6 +117,7 @@ def model_result(
         settings={**settings, "masks": has_masks},
         weights=weights,
         device="cpu",
+        worker=f"w-{model}-{category}@tcp://127.0.0.1:40001",
         metrics={
             "image_auroc": image_auroc,
             "image_f1": round(image_auroc - 0.05, 4),

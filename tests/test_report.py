@@ -151,6 +151,17 @@ def test_the_report_is_self_contained(sample):
     assert all(link.startswith(("#", "data:image/jpeg;base64,")) for link in links)
 
 
+def test_each_result_names_the_worker_that_computed_it(sample):
+    db, run_id, reports = sample
+    html = render_report(db, run_id, reports).read_text()
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("select category, worker from results where run_id = ?", [run_id])
+        workers = rows.fetchall()
+    assert workers and all(worker for _, worker in workers)
+    for category, worker in workers:
+        assert f"{escape(category)}: <code>{escape(worker)}</code>" in html
+
+
 def test_table_values_equal_duckdb(sample):
     db, run_id, reports = sample
     cells = read_cells(render_report(db, run_id, reports).read_text()).cells
