@@ -78,7 +78,8 @@ def _store_rows(tmp_path: Path, rows: list[LatencyResult]):
 @pytest.mark.slow
 def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
     model, test, labels, train, category = fitted
-    settings = InferenceSettings(timed_runs=50, max_seconds_per_path=120, throughput_batch=2)
+    # no time cap: every path must reach its 50 timed runs, however loaded the cores are
+    settings = InferenceSettings(timed_runs=50, max_seconds_per_path=3600, throughput_batch=2)
     measured = measure_inference_paths(
         model,
         test,
