@@ -35,6 +35,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 
 from tasks.demo_data import ensure_demo_dataset
 from tasks.efficientad_offline import build_efficientad
+from tasks.efficientad_training import resolve_training_precision
 from tasks.profiles import load_profile
 from tasks.results import DatasetSpec
 from tasks.training import make_datamodule, quiet_training
@@ -118,11 +119,12 @@ def main() -> None:
         overrides["weights_dir"] = args.weights_dir
     profile = load_profile("quick", overrides)
     settings = profile.efficientad
+    precision = resolve_training_precision(settings.training_precision, "cpu")
     out = args.out or DATA_DIR / f"efficientad_{args.category}_seed{args.seed}.csv.gz"
     header = (
         f"EfficientAD-{settings.model_size} quick profile, {args.steps} planned steps, batch "
         f"{settings.train_batch_size}, image {args.image_size} px, lr {settings.lr}, "
-        f"precision {settings.training_precision}, seed {args.seed}, category {args.category} "
+        f"precision {precision}, seed {args.seed}, category {args.category} "
         f"(demo data), offline teacher ({settings.teacher_distill_steps} distill steps), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
         f"command: python -m benchmarks.clean_loss_curves --category {args.category} "
@@ -148,7 +150,7 @@ def main() -> None:
         enable_model_summary=False,
         check_val_every_n_epoch=10**6,
         max_steps=args.steps,
-        precision=settings.training_precision,
+        precision=precision,
         logger=False,
     )
     with quiet_training():
