@@ -205,10 +205,11 @@ def test_nightly_waits_paused_on_the_gpu_pool(stack):
     created paused and its pool is one no worker of this stack polls."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+    settings = {PREFECT_API_URL: stack.api_url, PREFECT_API_AUTH_STRING: stack.auth_string()}
     with (
-        temporary_settings({PREFECT_API_URL: stack.api_url}),
+        temporary_settings(settings),
         get_client(sync_client=True) as client,
     ):
         nightly = client.read_deployment_by_name("anomaly-benchmark/mvtec-nightly")
