@@ -58,7 +58,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torchvision.transforms import v2
 
-from tasks.profiles import InferenceSettings
+from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings
 from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
 
 logger = logging.getLogger(__name__)
@@ -73,15 +73,7 @@ __all__ = [
     "measure_inference_paths",
 ]
 
-PATHS = (
-    "torch-fp32",
-    "torch-bf16",
-    "openvino-fp32",
-    "openvino-bf16",
-    "openvino-int8",
-    "anomalib-torch",
-    "anomalib-openvino",
-)
+PATHS = ALL_INFERENCE_PATHS  # one list, kept by the settings that name them
 REFERENCE_PATH = "torch-fp32"
 
 # Kept for the EfficientAD benchmark script and its tests (raw torch module in, scores out).
