@@ -5,7 +5,7 @@ precision prints batch-1 latency p50/p95 and throughput at batch 8, JPEG/PNG dec
 resize included, and the image AUROC on the category's test set next to fp32's (plus the
 rank agreement of the scores), so a speed-up's cost in accuracy is visible.
 
-Run (about 10 min on 2 busy cores):
+Run (about 10 min on 2 loaded Xeon cores):
     python -m benchmarks.efficientad_speed
     python -m benchmarks.efficientad_speed --precisions fp32 bf16 --iters 10
 """

@@ -2,7 +2,7 @@
 
 PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022,
 https://arxiv.org/abs/2106.08265) needs an ImageNet-pretrained CNN. The paper's
-wide_resnet50_2 comes from the timm hub, which this machine cannot reach. So:
+wide_resnet50_2 comes from the timm hub, which an offline host cannot reach. So:
 
 - `hub_weights_available` looks for a backbone's weights in the local timm/HF/torch-hub
   caches only; it never touches the network.
