@@ -121,13 +121,7 @@ def line_chart(
             f'text-anchor="end">{_format_number(value)}</text>'
         )
     out.append("</g>")
-    out.append(
-        f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>'
-        f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" '
-        f'text-anchor="middle">{escape(x_label)}</text>'
-        f'<text class="axis-label" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
-        f'text-anchor="middle">{escape(y_label)}{" (log)" if log_y else ""}</text>'
-    )
+    out.append(_frame(left, top, plot_w, plot_h, x_label, y_label + (" (log)" if log_y else "")))
     if diagonal:
         out.append(
             f'<line class="diagonal" x1="{px(x0):.1f}" y1="{py(y0):.1f}" '
@@ -309,13 +303,7 @@ def scatter_chart(
             f'text-anchor="end">{_format_number(value)}</text>'
         )
     out.append("</g>")
-    out.append(
-        f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>'
-        f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" '
-        f'text-anchor="middle">{escape(x_label)}{" (log)" if log_x else ""}</text>'
-        f'<text class="axis-label" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
-        f'text-anchor="middle">{escape(y_label)}</text>'
-    )
+    out.append(_frame(left, top, plot_w, plot_h, x_label + (" (log)" if log_x else ""), y_label))
     for p in shown:
         attrs = "".join(f' data-{escape(k)}="{escape(str(v))}"' for k, v in p.attrs.items())
         x, y = px(p.x), py(p.y)
@@ -332,3 +320,14 @@ def scatter_chart(
         )
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def _frame(left: int, top: int, plot_w: int, plot_h: int, x_label: str, y_label: str) -> str:
+    """The plot's border and its two axis labels."""
+    return (
+        f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>'
+        f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" '
+        f'text-anchor="middle">{escape(x_label)}</text>'
+        f'<text class="axis-label" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+    )
