@@ -44,8 +44,28 @@ def _replay(curves: list[list[tuple[int, str, float]]], settings: SpikeSettings)
     return flagged
 
 
+def _shift_sweep(rows: list[tuple[int, float]], factor: float, settings: SpikeSettings):
+    """Multiply the curve by `factor` from each 3rd step after warm-up on; per shift: None
+    (missed) or (onset - shift, confirming step - shift) of the first event."""
+    outcomes = []
+    for at in range(100, len(rows) - settings.shift_steps, 3):
+        detector = LossSpikeDetector(settings)
+        first = next(
+            (
+                e
+                for i, (step, value) in enumerate(rows)
+                if (e := detector.update(step, "train_loss", value * (factor if i >= at else 1)))
+            ),
+            None,
+        )
+        shift = rows[at][0]
+        outcomes.append(None if first is None else (first.first_step - shift, first.step - shift))
+    return outcomes
+
+
 def replay_stored() -> None:
-    """False alarms of the detector on the stored long clean curves, at several settings."""
+    """False alarms of the detector on the stored long clean curves, at several settings,
+    and how it catches lasting shifts injected into them."""
     from benchmarks.clean_loss_curves import DATA_DIR, read_curve
 
     curves = {p.name: read_curve(p) for p in sorted(DATA_DIR.glob("*.csv.gz"))}
@@ -53,13 +73,29 @@ def replay_stored() -> None:
         steps = len({s for s, n, _ in rows if n == "train_loss"})
         print(f"stored clean curve {name}: {steps} steps")
     default = SpikeSettings()
-    for z in (6.0, default.robust_z):
-        for persistence in (1, 2, default.persistence):
-            settings = default.model_copy(update={"robust_z": z, "persistence": persistence})
-            alarms = _replay(list(curves.values()), settings)
+    variants = [
+        ("defaults", {}),
+        ("persistence 1", {"persistence": 1}),
+        ("robust_z 6", {"robust_z": 6.0}),
+        ("ratio 5", {"ratio": 5.0}),
+        ("shift_steps 5", {"shift_steps": 5}),
+        ("shift_steps 4", {"shift_steps": 4}),
+        ("shift_ratio 1.5", {"shift_ratio": 1.5}),
+    ]
+    for label, update in variants:
+        alarms = _replay(list(curves.values()), default.model_copy(update=update))
+        print(f"replay at {label:>16}: {alarms}/{len(curves)} curves with a false alarm")
+    for name, rows in curves.items():
+        loss = [(s, v) for s, n, v in rows if n == "train_loss"]
+        for factor in (3.0, 5.0, 10.0, 100.0):
+            outcomes = _shift_sweep(loss, factor, default)
+            caught = [o for o in outcomes if o is not None]
+            late = sum(onset > 0 for onset, _ in caught)
+            delays = [confirm for _, confirm in caught]
             print(
-                f"replay stored curves at robust_z {z:4.1f}, persistence {persistence}: "
-                f"{alarms}/{len(curves)} curves with a false alarm"
+                f"{name}: lasting x{factor:g} shift at {len(outcomes)} positions: "
+                f"missed {len(outcomes) - len(caught)}, dated after the shift {late}, "
+                f"confirmed after median {statistics.median(delays):g} / max {max(delays)} steps"
             )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Settings(BaseModel):
@@ -29,8 +29,10 @@ class SpikeSettings(_Settings):
 
     window: int = Field(25, ge=5, description="rolling window of recent steps")
     warmup_steps: int = Field(10, ge=1, description="steps before spikes are judged")
-    robust_z: float = Field(8.0, gt=0, description="robust z-score of log-loss that counts")
-    ratio: float = Field(10.0, gt=1, description="loss over this many times the rolling median")
+    robust_z: float = Field(
+        8.0, gt=0, description="divergence: robust z-score of log-loss over this, and ..."
+    )
+    ratio: float = Field(10.0, gt=1, description="... loss over this many times the median")
     min_log_spread: float = Field(
         0.05, gt=0, description="floor for the MAD of log-loss, so a flat curve is not hair-trigger"
     )
@@ -39,8 +41,12 @@ class SpikeSettings(_Settings):
         description="losses judged for spikes; every logged loss is checked for NaN/inf",
     )
     persistence: int = Field(
-        3, ge=1, description="flagged steps in a row that confirm a spike (NaN/inf: at once)"
+        3, ge=1, description="divergent steps in a row that confirm a spike (NaN/inf: at once)"
     )
+    shift_ratio: float = Field(
+        2.0, gt=1, description="level shift: loss over this many times the rolling median, ..."
+    )
+    shift_steps: int = Field(8, ge=1, description="... for this many steps in a row")
     checkpoint_every: int = Field(
         5, ge=0, description="steps between rolling in-memory checkpoints; 0 = no rollback"
     )
@@ -53,6 +59,15 @@ class SpikeSettings(_Settings):
     max_extra_steps_share: float = Field(
         0.1, ge=0, le=1, description="rolled-back steps are added back, up to this share of plan"
     )
+
+    @model_validator(mode="after")
+    def _shift_below_divergence(self) -> SpikeSettings:
+        if self.shift_ratio > self.ratio:
+            raise ValueError(
+                f"spike.shift_ratio ({self.shift_ratio}) must not exceed spike.ratio "
+                f"({self.ratio}): a divergent step is first a step above the shift bar"
+            )
+        return self
 
 
 class ValidationSettings(_Settings):

@@ -106,7 +106,7 @@ class Recovery:
     loss_name: str
     value: float | None
     magnitude: float | None
-    reason: str  # robust_z | ratio | non_finite
+    reason: str  # divergence | level_shift | non_finite
     learning_rate_before: float | None
     learning_rate_after: float | None
 
