@@ -96,7 +96,7 @@ def train_and_evaluate_task(
 
     def progress(fraction: float, message: str) -> None:
         update_progress_artifact(artifact_id, progress=round(100 * min(max(fraction, 0), 1), 1))
-        logger.info("%s/%s: %s", model_name, category, message)
+        logger.info("%s", message)  # messages start with "<model>/<category>"
 
     result = run_cell(
         model_name, category, spec, profile, Path(run_root), data_fingerprint, progress=progress

@@ -2,7 +2,7 @@
 from prefect.yaml, and a worker, started by one command and stopped by PID.
 
     python -m scripts.stack up         # start what is not running yet, deploy
-    python -m scripts.stack run-demo   # prefect deployment run 'anomaly-benchmark/demo' --watch
+    python -m scripts.stack run-demo   # run the demo deployment, one line per finished cell
     python -m scripts.stack down       # stop exactly the processes `up` started
 
 State (PID files, logs, the API auth string, PREFECT_HOME with the SQLite database) lives
@@ -20,6 +20,7 @@ The end-to-end test drives the same `Stack` class on a free port in a temp folde
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import secrets
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -429,11 +431,104 @@ class Stack:
             except OSError as err:
                 print(f"{name}: could not stop it: {err}")
 
+    def run_and_follow(
+        self,
+        name: str,
+        params: dict | None = None,
+        timeout: float = 3600,
+        echo: Callable[[str], None] = print,
+        poll: float = 3.0,
+    ) -> str:
+        """Start deployment `name` and, while it runs, `echo` one line per finished cell
+        and every warning, as the flow logs them; return the final state's name.
+
+        The lines are the flow's own log lines (its cell summaries: AUROC, fit time,
+        worker) and any WARNING or worse from its tasks, read back from the server."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterParentFlowRunId,
+        )
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        settings = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string()}
+        deadline = time.monotonic() + timeout
+        with temporary_settings(settings), get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(name)
+            run = client.create_flow_run_from_deployment(deployment.id, parameters=params or {})
+            echo(f"flow run {run.name}: {self.ui_url}/runs/flow-run/{run.id}")
+            seen: set = set()
+            since = None
+            polls_after_end = 0
+            while True:
+                run = client.read_flow_run(run.id)
+                ended = run.state is not None and run.state.is_final()
+                children = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+                    )
+                )
+                ids = [run.id, *(child.id for child in children)]
+                # Logs reach the server in batches, not always in order: look a minute
+                # back and skip what was shown.
+                after = since - datetime.timedelta(seconds=60) if since else None
+                for log in _read_all_logs(client, ids, after):
+                    if log.id in seen or not _worth_echoing(log):
+                        continue
+                    seen.add(log.id)
+                    since = max(since, log.timestamp) if since else log.timestamp
+                    echo(f"{log.timestamp.astimezone():%H:%M:%S} {log.message}")
+                # one more read once it ended: its last lines may still be on their way
+                if ended and (polls_after_end := polls_after_end + 1) > 1:
+                    return run.state.name
+                if time.monotonic() > deadline:
+                    return (
+                        f"still {run.state.name if run.state else 'unknown'} after {timeout:.0f} s"
+                    )
+                time.sleep(poll)
+
     def run_deployment(self, name: str, params: dict | None = None, timeout: float = 3600):
         args = ["deployment", "run", name, "--watch"]
         for key, value in (params or {}).items():
             args += ["--param", f"{key}={json.dumps(value)}"]
         return self.prefect(*args, check=False, timeout=timeout)
+
+
+# The engine's own chatter about a flow run, left out of the terminal (it is in the UI).
+_ENGINE_LINES = (
+    "Beginning ",
+    "View at ",
+    "Running 1 deployment",
+    "Executing deployment step",
+    "Deployment step ",
+    "All deployment steps",
+    "Downloading flow code",
+    "Finished in state",
+)
+
+
+def _read_all_logs(client, flow_run_ids: list, after) -> list:
+    """Every log of these flow runs (and their tasks) from `after` on, oldest first."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTimestamp
+    from prefect.client.schemas.sorting import LogSort
+
+    log_filter = LogFilter(
+        flow_run_id=LogFilterFlowRunId(any_=flow_run_ids),
+        timestamp=LogFilterTimestamp(after_=after) if after else None,
+    )
+    logs: list = []
+    while True:
+        page = client.read_logs(log_filter, limit=200, offset=len(logs), sort=LogSort.TIMESTAMP_ASC)
+        logs.extend(page)
+        if len(page) < 200:
+            return logs
+
+
+def _worth_echoing(log) -> bool:
+    """A flow-level line that is not engine chatter, or any warning or worse."""
+    if log.level >= 30:
+        return True
+    return log.task_run_id is None and not log.message.startswith(_ENGINE_LINES)
 
 
 def _load_stack(state_dir: Path) -> Stack:
@@ -474,12 +569,14 @@ def main(argv: list[str] | None = None) -> int:
             f"running deployment anomaly-benchmark/demo (watch it in the UI: {stack.ui_url}/runs)",
             flush=True,
         )
-        result = stack.run_deployment("anomaly-benchmark/demo")
-        print(result.stdout[-4000:], result.stderr[-2000:], sep="\n")
+        state = stack.run_and_follow(
+            "anomaly-benchmark/demo", echo=lambda line: print(line, flush=True)
+        )
+        print(f"flow run: {state}")
         report = PROJECT_DIR / "reports" / "latest.html"
         print(f"report: {report if report.exists() else '(not written)'}")
         print(f"Prefect UI: {stack.ui_url}")
-        return result.returncode
+        return 0 if state == "Completed" else 1
     return 0
 
 

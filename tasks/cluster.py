@@ -202,7 +202,8 @@ def cell_summary(result: ModelResult) -> str:
     """One line per finished cell for the log and terminal."""
     auroc = result.metrics.get("image_auroc")
     shown = f"{auroc:.3f}" if isinstance(auroc, float) else "n/a"
-    return (
+    line = (
         f"{result.model}/{result.category}: image AUROC {shown}, fit {result.train_seconds:.1f} s, "
         f"worker {result.worker}, device {result.device}"
     )
+    return f"{line} (cached from run {result.cached_from})" if result.cached_from else line

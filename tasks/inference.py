@@ -437,7 +437,11 @@ def _anomalib_openvino_path(ctx: PathContext) -> BuiltPath:
 
     size = ctx.image_size
     root = ctx.out_dir / "anomalib"
-    onnx = ctx.model.to_onnx(root, input_size=(size, size), dynamic_axes={}, verbose=False)
+    # Opset 18 is what torch's exporter writes: anomalib's default (14) makes it try a
+    # down-conversion that fails on Pad/Reduce nodes, logs a traceback and keeps 18 anyway.
+    onnx = ctx.model.to_onnx(
+        root, input_size=(size, size), dynamic_axes={}, verbose=False, opset_version=18
+    )
     xml = create_export_root(root, ExportType.OPENVINO) / "model.xml"
     ov.save_model(ov.convert_model(onnx), xml, compress_to_fp16=False)
     inferencer = OpenVINOInferencer(path=xml, device="CPU")

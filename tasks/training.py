@@ -717,7 +717,7 @@ def train_and_evaluate(
         artifacts.update(path_artifacts)
     if chosen.weights.get("source") == "fallback":
         notes.append(f"weights are a fallback, not the paper's pretrained ones: {chosen.weights}")
-    prep.report(1.0, f"{prep.label}: done, image AUROC {evaluation.metrics['image_auroc']}")
+    prep.report(1.0, f"{prep.label}: done, image AUROC {evaluation.metrics['image_auroc']:.3f}")
     return ModelResult(
         model=prep.model_name,
         category=category,

@@ -148,3 +148,5 @@ def test_a_finished_cell_is_one_line_with_auroc_time_and_worker():
     assert line == (
         "patchcore/grid: image AUROC 0.988, fit 12.3 s, worker w1@tcp://10.0.0.7:40001, device cpu"
     )
+    result.cached_from = "run-0"
+    assert cell_summary(result).endswith(", device cpu (cached from run run-0)")

@@ -95,8 +95,13 @@ def test_late_spike_is_rolled_back_and_the_run_finishes_near_its_plan(
     assert attempt.end_reason == "completed" and attempt.chosen
     assert len(attempt.recoveries) == 1
     recovery = attempt.recoveries[0]
-    # The blown-up learning rate acts from step INJECT_AT; its loss shows one step later.
-    assert INJECT_AT < recovery.onset_step <= INJECT_AT + 2
+    # The blown-up learning rate acts from step INJECT_AT; its loss shows one step later,
+    # and `persistence` divergent steps confirm it. The spike is dated to the start of its
+    # flagged run: an ordinary excursion just before the blow-up can date it earlier.
+    spike = profile.spike
+    assert INJECT_AT - spike.shift_steps < recovery.onset_step <= INJECT_AT + 2
+    assert recovery.spike_step <= INJECT_AT + 1 + spike.persistence
+    assert recovery.reason == "divergence"
     assert recovery.restored_step <= recovery.onset_step - 2
     assert recovery.learning_rate_after == pytest.approx(recovery.learning_rate_before * 0.5)
     # finishes the plan, within 1.1x of it
