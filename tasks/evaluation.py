@@ -141,7 +141,8 @@ class AurocInterval:
 def auroc_with_interval(
     scores: np.ndarray, labels: np.ndarray, confidence: float = 0.95
 ) -> AurocInterval:
-    """AUROC in float64 (scikit-learn) and its Hanley-McNeil normal-approximation interval.
+    """AUROC in float64 (scikit-learn) and its Hanley-McNeil normal-approximation interval
+    (variance at the AUROC with two pseudo-pairs added, so 0 and 1 keep a width).
 
     Raises ValueError when a class is missing or a score is not finite."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -153,10 +154,16 @@ def auroc_with_interval(
     if n_anomalous == 0 or n_normal == 0:
         raise ValueError("AUROC needs normal and anomalous images")
     auroc = float(roc_auc_score(labels, scores))
-    q1, q2 = auroc / (2 - auroc), 2 * auroc**2 / (1 + auroc)
+    # At an AUROC of 0 or 1 the formula's variance is 0 for any number of pairs, so
+    # 3 perfectly ordered pairs would "prove" a perfect model. The variance is taken at
+    # the AUROC with one rightly and one wrongly ordered pseudo-pair added (Laplace's
+    # rule of succession): small sets keep a wide interval, large ones barely change.
+    pairs = n_anomalous * n_normal
+    a = (auroc * pairs + 1) / (pairs + 2)
+    q1, q2 = a / (2 - a), 2 * a**2 / (1 + a)
     variance = (
-        auroc * (1 - auroc) + (n_anomalous - 1) * (q1 - auroc**2) + (n_normal - 1) * (q2 - auroc**2)
-    ) / (n_anomalous * n_normal)
+        a * (1 - a) + (n_anomalous - 1) * (q1 - a**2) + (n_normal - 1) * (q2 - a**2)
+    ) / pairs
     half = float(norm.ppf(0.5 + confidence / 2)) * math.sqrt(max(variance, 0.0))
     return AurocInterval(
         auroc, max(0.0, auroc - half), min(1.0, auroc + half), n_normal, n_anomalous

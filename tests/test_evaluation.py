@@ -73,15 +73,29 @@ def test_hanley_mcneil_interval_matches_the_published_formula():
     labels = np.array([0] * 50 + [1] * 50)
     scores = np.concatenate([rng.normal(0, 1, 50), rng.normal(1.8, 1, 50)])
     v = auroc_with_interval(scores, labels)
-    a = v.auroc
+    # the variance at the AUROC with a rightly and a wrongly ordered pseudo-pair added
+    a = (v.auroc * 2500 + 1) / 2502
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     se = np.sqrt((a * (1 - a) + 49 * (q1 - a * a) + 49 * (q2 - a * a)) / 2500)
-    assert v.low == pytest.approx(a - 1.959964 * se, abs=1e-6)
-    assert v.high == pytest.approx(min(1.0, a + 1.959964 * se), abs=1e-6)
+    assert v.low == pytest.approx(v.auroc - 1.959964 * se, abs=1e-6)
+    assert v.high == pytest.approx(min(1.0, v.auroc + 1.959964 * se), abs=1e-6)
     assert v.pairs == 2500
     # more pairs, narrower interval
     small = auroc_with_interval(scores[45:55], labels[45:55])
     assert small.high - small.low > v.high - v.low
+
+
+def test_a_perfect_ranking_on_few_pairs_is_not_a_certainty():
+    # 1 held-out normal image x 3 anomalies (4 MVTec leather train images): no evidence
+    few = auroc_with_interval(np.array([0.1, 0.5, 0.6, 0.7]), np.array([0, 1, 1, 1]))
+    assert few.auroc == 1.0 and few.pairs == 3
+    assert few.low < 0.5
+    # 6 x 18 = 108 pairs, all in order: a narrow interval near 1
+    labels = np.array([0] * 6 + [1] * 18)
+    many = auroc_with_interval(labels + np.linspace(0, 0.5, 24), labels)
+    assert many.auroc == 1.0 and 0.9 < many.low < 1.0
+    # and the same at the other end: a perfectly reversed ranking
+    assert auroc_with_interval(-(labels + np.linspace(0, 0.5, 24)), labels).high < 0.1
 
 
 def test_verdict_keeps_an_uncertain_model_and_rejects_a_reversed_one():
