@@ -10,10 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from anomalib.engine import Engine
 from conftest import build_mvtec_layout
 
-from tasks.inference import PATHS, cpu_has_bf16, deployable, measure_inference_paths
+from tasks.inference import (
+    PATHS,
+    cpu_has_bf16,
+    deployable,
+    measure_inference_paths,
+    openvino_model,
+)
 from tasks.profiles import InferenceSettings, load_profile
 from tasks.results import DatasetSpec, LatencyResult, ModelResult
 from tasks.store import ResultStore
@@ -206,3 +213,25 @@ def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path)
     bf16_row = bf16_row[: bf16_row.index("</tr>")]
     assert "4.40×" in bf16_row and "2.00×" in bf16_row
     assert "<script" not in html
+
+
+def test_int8_efficientad_keeps_the_distance_between_its_networks_in_fp32():
+    # EfficientAD's anomalies are small teacher-student differences: the networks are
+    # quantised, the arithmetic between them (distances, normalisation, merge) is not.
+    from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
+
+    torch.manual_seed(0)
+    model = EfficientAdModel(teacher_out_channels=384, model_size="small").eval()
+    for value in model.mean_std.values():
+        value.data.uniform_(0.5, 1.5)
+    for value in model.quantiles.values():
+        value.data.uniform_(0.1, 1.0)
+    ov_model = openvino_model(model, 256, calibration_images=torch.rand(2, 3, 256, 256))
+    quantised = set()
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() == "FakeQuantize":
+            for target in op.output(0).get_target_inputs():
+                quantised.add(target.get_node().get_friendly_name())
+    networks = {name.split("/")[0] for name in quantised}
+    assert {"__module.model.teacher.conv4", "__module.model.student.conv4"} <= networks
+    assert not [name for name in quantised if name.startswith("__module.model/")]
