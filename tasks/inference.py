@@ -197,6 +197,7 @@ def openvino_model(
             raise ValueError("int8 quantisation needs at least one calibration (training) image")
         import nncf
 
+        nncf.set_log_level(logging.WARNING)  # not one INFO line per op it leaves in fp32
         calibration = nncf.Dataset([image[None].numpy() for image in calibration_images])
         ov_model = nncf.quantize(
             ov_model,
