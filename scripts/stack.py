@@ -20,8 +20,10 @@ The end-to-end test drives the same `Stack` class on a free port in a temp folde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import logging
 import os
 import secrets
 import signal
@@ -30,9 +32,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 WORK_POOL = "benchmark-pool"
@@ -388,11 +391,20 @@ class Stack:
             raise
         (self.state_dir / "stack.json").write_text(json.dumps({"port": self.port}))
 
+    @contextlib.contextmanager
+    def client(self) -> Iterator[Any]:
+        """A synchronous Prefect client for this stack's server (its URL and auth string)."""
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        settings = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string()}
+        with temporary_settings(settings), get_client(sync_client=True) as client:
+            yield client
+
     def crash_orphaned_flow_runs(self) -> list[str]:
         """With no worker alive, a flow run of this pool still `Running` died with its
         worker (killed, machine restarted). Mark it Crashed, so it stops holding the pool's
         only slot and the next benchmark run can close its partial results."""
-        from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             FlowRunFilter,
             FlowRunFilterState,
@@ -401,7 +413,6 @@ class Stack:
             WorkPoolFilterName,
         )
         from prefect.client.schemas.objects import StateType
-        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
         from prefect.states import Crashed
 
         active = FlowRunFilter(
@@ -410,16 +421,12 @@ class Stack:
             )
         )
         pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[WORK_POOL]))
-        settings = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string()}
-        with temporary_settings(settings):
-            with get_client(sync_client=True) as client:
-                orphans = client.read_flow_runs(flow_run_filter=active, work_pool_filter=pool)
-                for run in orphans:
-                    client.set_flow_run_state(
-                        run.id,
-                        Crashed(message="its worker stopped before it finished"),
-                        force=True,
-                    )
+        with self.client() as client:
+            orphans = client.read_flow_runs(flow_run_filter=active, work_pool_filter=pool)
+            for run in orphans:
+                client.set_flow_run_state(
+                    run.id, Crashed(message="its worker stopped before it finished"), force=True
+                )
         return [str(run.id) for run in orphans]
 
     def down(self) -> None:
@@ -444,16 +451,10 @@ class Stack:
 
         The lines are the flow's own log lines (its cell summaries: AUROC, fit time,
         worker) and any WARNING or worse from its tasks, read back from the server."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterParentFlowRunId,
-        )
-        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
-        settings = {PREFECT_API_URL: self.api_url, PREFECT_API_AUTH_STRING: self.auth_string()}
         deadline = time.monotonic() + timeout
-        with temporary_settings(settings), get_client(sync_client=True) as client:
+        with self.client() as client:
             deployment = client.read_deployment_by_name(name)
             run = client.create_flow_run_from_deployment(deployment.id, parameters=params or {})
             echo(f"flow run {run.name}: {self.ui_url}/runs/flow-run/{run.id}")
@@ -526,7 +527,7 @@ def _read_all_logs(client, flow_run_ids: list, after) -> list:
 
 def _worth_echoing(log) -> bool:
     """A flow-level line that is not engine chatter, or any warning or worse."""
-    if log.level >= 30:
+    if log.level >= logging.WARNING:
         return True
     return log.task_run_id is None and not log.message.startswith(_ENGINE_LINES)
 

@@ -97,13 +97,7 @@ def line_chart(
         v = math.log10(y) if log_y else y
         return top + plot_h - (v - y0) / (y1 - y0) * plot_h
 
-    out = [
-        f'<svg id="{escape(chart_id)}" class="chart" viewBox="0 0 {width} {full_h}" '
-        f'width="{width}" height="{full_h}" role="img" aria-label="{escape(title or chart_id)}">'
-    ]
-    if title:
-        out.append(f'<text class="chart-title" x="{left}" y="16">{escape(title)}</text>')
-    out.append('<g class="grid">')
+    out = _open_svg(chart_id, title, width, full_h, left)
     for value in _ticks(x0, x1):
         x = px(value)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}"/>')
@@ -280,13 +274,7 @@ def scatter_chart(
     def py(y: float) -> float:
         return top + plot_h - (y - y0) / (y1 - y0) * plot_h
 
-    out = [
-        f'<svg id="{escape(chart_id)}" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(title or chart_id)}">'
-    ]
-    if title:
-        out.append(f'<text class="chart-title" x="{left}" y="16">{escape(title)}</text>')
-    out.append('<g class="grid">')
+    out = _open_svg(chart_id, title, width, height, left)
     for value in _ticks(x0, x1, integer=log_x):
         shown_value = 10**value if log_x else value
         x = left + (value - x0) / (x1 - x0) * plot_w
@@ -320,6 +308,18 @@ def scatter_chart(
         )
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def _open_svg(chart_id: str, title: str, width: int, height: int, left: int) -> list[str]:
+    """The chart's root element, its title and the opening of its grid group."""
+    out = [
+        f'<svg id="{escape(chart_id)}" class="chart" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title or chart_id)}">'
+    ]
+    if title:
+        out.append(f'<text class="chart-title" x="{left}" y="16">{escape(title)}</text>')
+    out.append('<g class="grid">')
+    return out
 
 
 def _frame(left: int, top: int, plot_w: int, plot_h: int, x_label: str, y_label: str) -> str:

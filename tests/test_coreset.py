@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from anomalib.models.components import KCenterGreedy
 
+from benchmarks.coreset_time import anomalib_steps
 from tasks.coreset import FastCoresetPatchcore, fast_coreset_indices, greedy_coreset_indices
 
 
@@ -18,21 +18,6 @@ def _clustered(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     centres = torch.randn(20, dim, generator=generator) * 4
     labels = torch.randint(0, 20, (n,), generator=generator)
     return centres[labels] + torch.randn(n, dim, generator=generator)
-
-
-def _anomalib_selection(features: torch.Tensor, size: int, start: int) -> list[int]:
-    """anomalib's own update/argmax steps, run on given features from a given start."""
-    sampler = KCenterGreedy(embedding=features, sampling_ratio=size / len(features))
-    sampler.features = features
-    sampler.reset_distances()
-    index = torch.tensor(start)
-    selected = [start]
-    for _ in range(size - 1):
-        sampler.update_distances(index)
-        index = sampler.get_new_idx()
-        sampler.min_distances.scatter_(0, index.view(1, 1), 0.0)
-        selected.append(int(index))
-    return selected
 
 
 def _covering_radius(features: torch.Tensor, selected: list[int]) -> float:
@@ -51,7 +36,7 @@ def _default_device(device: str) -> Iterator[None]:
 
 def test_same_selection_as_anomalib_kcenter_greedy() -> None:
     features = _clustered(3000, 32)
-    reference = _anomalib_selection(features, 150, start=11)
+    reference = anomalib_steps(features, 150, start=11)
     fast = greedy_coreset_indices(features, 150, start_index=11, lookahead=16).tolist()
     assert fast[0] == 11
     assert len(set(fast)) == 150
