@@ -62,12 +62,17 @@ def prepare(model: EfficientAdModel, variant: str, device: str):
     half = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[variant.split("-")[0]]
     memory_format = torch.channels_last if "channels-last" in variant else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    forward = torch.compile(model, mode="reduce-overhead") if variant.endswith("cuda-graph") else model
+    forward = (
+        torch.compile(model, mode="reduce-overhead") if variant.endswith("cuda-graph") else model
+    )
     device_type = device.split(":")[0]
 
     def score(host_image: torch.Tensor) -> torch.Tensor:
         image = host_image.to(device).contiguous(memory_format=memory_format)
-        with torch.inference_mode(), torch.autocast(device_type, dtype=half or torch.float32, enabled=half is not None):
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type, dtype=half or torch.float32, enabled=half is not None),
+        ):
             result = forward(image)
         return result.anomaly_map.float().cpu()
 
@@ -75,7 +80,7 @@ def prepare(model: EfficientAdModel, variant: str, device: str):
 
 
 def time_latency(score, device: str, runs: int) -> dict:
-    """Batch-1 latency in ms, host copies included; the paper's figure is the mean of the last half."""
+    """Batch-1 latency in ms, host copies included; the paper's figure: mean of the last half."""
     host_image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     latencies = []
     for _ in range(runs):
@@ -163,7 +168,9 @@ def environment(device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--runs", type=int, default=2000, help="batch-1 runs; the last half is timed")
+    parser.add_argument(
+        "--runs", type=int, default=2000, help="batch-1 runs; the last half is timed"
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batch-rounds", type=int, default=50)
     parser.add_argument("--train-steps", type=int, default=200)
@@ -171,7 +178,9 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.runs < 2 or args.train_steps < 1 or args.batch < 1 or args.batch_rounds < 1:
-        parser.error("--runs must be at least 2; --train-steps, --batch and --batch-rounds at least 1")
+        parser.error(
+            "--runs must be at least 2; --train-steps, --batch and --batch-rounds at least 1"
+        )
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA GPU is visible to torch {torch.__version__}")
     if args.device == "cpu" and any(v.startswith("fp16") for v in args.variants):
@@ -182,25 +191,37 @@ def main() -> None:
     check_image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     reference_map = prepare(build_model(args.device), "fp32", args.device)(check_image)
     print(f"# {figures['environment']}")
-    print(f"| variant | mean of last half, ms | p50 ms | p95 ms | img/s batch 1 | img/s batch {args.batch} | map difference |")
+    print(
+        "| variant | mean of last half, ms | p50 ms | p95 ms | img/s batch 1 "
+        f"| img/s batch {args.batch} | map difference |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for variant in args.variants:
         score = prepare(build_model(args.device), variant, args.device)
         try:
             # same seed, same weights: how far this variant's map is from eager fp32's
-            difference = (score(check_image) - reference_map).abs().max() / reference_map.abs().max()
+            difference = (
+                score(check_image) - reference_map
+            ).abs().max() / reference_map.abs().max()
             row = {"variant": variant, "map_difference": difference.item()}
             row.update(time_latency(score, args.device, args.runs))
             row["batch"] = args.batch
-            row["batch_images_per_s"] = time_throughput(score, args.device, args.batch, args.batch_rounds)
-        except Exception as error:  # a variant the GPU or torch build cannot run: say so, time the rest
-            figures["latency"].append({"variant": variant, "error": f"{type(error).__name__}: {error}"})
+            row["batch_images_per_s"] = time_throughput(
+                score, args.device, args.batch, args.batch_rounds
+            )
+        except (
+            Exception
+        ) as error:  # a variant the GPU or torch build cannot run: say so, time the rest
+            figures["latency"].append(
+                {"variant": variant, "error": f"{type(error).__name__}: {error}"}
+            )
             print(f"| {variant} | failed: {type(error).__name__}: {str(error)[:200]} |", flush=True)
             continue
         figures["latency"].append(row)
         print(
-            f"| {variant} | {row['mean_last_half_ms']:.3f} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} "
-            f"| {row['images_per_s']:.0f} | {row['batch_images_per_s']:.0f} | {row['map_difference']:.1e} |",
+            f"| {variant} | {row['mean_last_half_ms']:.3f} | {row['p50_ms']:.3f} "
+            f"| {row['p95_ms']:.3f} | {row['images_per_s']:.0f} "
+            f"| {row['batch_images_per_s']:.0f} | {row['map_difference']:.1e} |",
             flush=True,
         )
     autocasts = [None, torch.bfloat16] if args.device.startswith("cuda") else [None]
@@ -209,7 +230,8 @@ def main() -> None:
         figures["training"].append(row)
         print(
             f"# training step ({row['precision']}, batch 1 + penalty image): "
-            f"{row['seconds_per_step'] * 1000:.1f} ms; {PAPER_STEPS} steps = {row['paper_steps_minutes']:.1f} min",
+            f"{row['seconds_per_step'] * 1000:.1f} ms; "
+            f"{PAPER_STEPS} steps = {row['paper_steps_minutes']:.1f} min",
             flush=True,
         )
     if args.json:

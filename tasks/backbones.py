@@ -29,9 +29,10 @@ import timm
 import torch
 from anomalib.models import Patchcore
 from anomalib.pre_processing import PreProcessor
-from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
+from torchvision.transforms.v2 import CenterCrop, Compose, Normalize
 
 from tasks.profiles import PatchCoreSettings
+from tasks.resize import model_resize
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,9 @@ def load_into_feature_extractor(model: Patchcore, weights: dict[str, torch.Tenso
 
 
 def _pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
-    """Resize (then centre-crop, as in the paper) and normalise as the backbone was trained."""
+    """Resize (`tasks.resize`), centre-crop (as in the paper), normalise (as in pre-training)."""
     cfg = timm.models.get_pretrained_cfg(backbone)
-    steps = [Resize((image_size, image_size), antialias=True)]
+    steps = [model_resize(image_size)]
     if crop_size is not None:
         if crop_size > image_size:
             raise ValueError(f"crop_size {crop_size} is larger than image_size {image_size}")

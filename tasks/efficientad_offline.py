@@ -51,6 +51,7 @@ from anomalib.models.image.efficient_ad.torch_model import (
     MediumPatchDescriptionNetwork,
     SmallPatchDescriptionNetwork,
 )
+from anomalib.pre_processing import PreProcessor
 from anomalib.utils.path import get_pretrained_weights_dir
 from PIL import Image
 from torch import nn
@@ -62,6 +63,7 @@ from tasks.backbones import load_efficientnet_lite0
 from tasks.efficientad_training import TeacherCache, efficientad_losses, resolve_training_precision
 from tasks.inference import efficientad_inference, load_images
 from tasks.profiles import EfficientAdSettings
+from tasks.resize import model_resize
 
 logger = logging.getLogger(__name__)
 
@@ -263,9 +265,8 @@ def build_efficientad(
         )
         teacher_source = "fallback"
 
-    module_kwargs.setdefault(
-        "pre_processor", EfficientAd.configure_pre_processor((settings.image_size,) * 2)
-    )
+    resize = PreProcessor(transform=model_resize(settings.image_size))
+    module_kwargs.setdefault("pre_processor", resize)
     model = OfflineEfficientAd(
         teacher_path=str(teacher_path),
         imagenet_dir=str(penalty_dir),

@@ -54,12 +54,11 @@ import torch
 from anomalib.data import InferenceBatch
 from anomalib.models.components import AnomalibModule
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torchvision.transforms import v2
 
 from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings
+from tasks.resize import resize_image
 from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
 
 logger = logging.getLogger(__name__)
@@ -85,13 +84,11 @@ Precision = Literal["fp32", "bf16", "openvino-fp32", "openvino-bf16", "openvino-
 
 
 def decode(path: Path, image_size: int) -> np.ndarray:
-    """Image file -> RGB uint8 (image_size, image_size, 3), OpenCV decode and area resize."""
+    """Image file -> RGB uint8 (image_size, image_size, 3): OpenCV decode, the models' resize."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
     if image is None:
         raise ValueError(f"{path}: not a readable image file")
-    if image.shape[:2] != (image_size, image_size):
-        image = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)
-    return image
+    return resize_image(image, image_size)
 
 
 def _to_float(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -101,15 +98,8 @@ def _to_float(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def load_images(paths: list[Path], image_size: int) -> torch.Tensor:
-    """Decode and resize images as the EfficientAD pre-processor does: (N, 3, S, S) in [0, 1]."""
-    resize = v2.Compose(
-        [
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Resize((image_size, image_size), antialias=True),
-        ]
-    )
-    return torch.stack([resize(Image.open(p).convert("RGB")) for p in paths])
+    """Decode and resize images as the models' pre-processors do: (N, 3, S, S) in [0, 1]."""
+    return _to_float([decode(p, image_size) for p in paths])
 
 
 # --------------------------------------------------------------------------- graphs
@@ -469,9 +459,7 @@ def _anomalib_openvino_path(ctx: PathContext) -> BuiltPath:
     inferencer = OpenVINOInferencer(path=xml, device="CPU")
 
     def predict(path: Path) -> float:
-        image = read_image(path, as_tensor=False)
-        if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        image = resize_image(read_image(path, as_tensor=False), size)  # graph input is size²
         return float(np.ravel(inferencer.predict(image).pred_score)[0])
 
     def score_files(paths: Sequence[Path]) -> np.ndarray:

@@ -32,6 +32,7 @@ from anomalib.models.components import AnomalibModule
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from tasks.resize import model_resize
 from tasks.results import LatencyResult
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 def load_image(path: Path, image_size: int, model: AnomalibModule) -> torch.Tensor:
     """PNG/JPEG on disk -> the model's input tensor (1, 3, H, W): decode, resize, normalise."""
     image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    image = TF.resize(image, [image_size, image_size], antialias=True)
     image = TF.to_dtype(image, torch.float32, scale=True)[None]
+    image = model_resize(image_size)(image)  # the pre-processor's own resize is then a no-op
     if model.pre_processor is not None and hasattr(model.pre_processor, "transform"):
         image = model.pre_processor.transform(image)
     return image

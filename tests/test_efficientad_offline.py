@@ -101,6 +101,10 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     assert provenance["paper_configuration"] is False
     assert provenance["teacher"].startswith("fallback: distilled from EfficientNet-Lite0")
     assert provenance["penalty_data"].startswith("fallback: scikit-image natural photos")
+    # trained, tested and exported on the same pixels (tasks.resize)
+    large = torch.rand(1, 3, 3 * IMAGE_SIZE, 3 * IMAGE_SIZE)
+    pre = model.pre_processor
+    assert torch.equal(pre.transform(large), pre.export_transform(large))
     (distilled_file,) = cache.glob("teacher_small_lite0_distilled_steps12_seed0_v*.pth")
     distilled = torch.load(distilled_file, weights_only=True)
     torch.manual_seed(0)

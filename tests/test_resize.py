@@ -1,0 +1,64 @@
+"""Every way into a model shrinks a large image the same way (`tasks.resize`)."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from anomalib.data.utils import read_image
+
+from tasks.backbones import build_patchcore
+from tasks.inference import decode, load_images
+from tasks.profiles import load_profile
+from tasks.resize import model_resize
+from tasks.speed import load_image
+
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def fine_texture(tmp_path_factory) -> Path:
+    """A 1024 px photo-like PNG with 1-px detail: what MVTec's grid and leather look like
+    to a 4x downscale, and where resizes with and without antialiasing disagree most."""
+    rng = np.random.default_rng(0)
+    rows = np.arange(1024)[:, None]
+    stripes = ((rows + np.arange(1024)[None, :]) % 3 == 0) * 120.0
+    image = np.clip(stripes[..., None] + rng.normal(100, 30, (1024, 1024, 3)), 0, 255)
+    path = tmp_path_factory.mktemp("resize") / "fine.png"
+    cv2.imwrite(str(path), image.astype(np.uint8))
+    return path
+
+
+def training_input(path: Path, pre_processor) -> torch.Tensor:
+    """What a model sees in training and in the stored test: anomalib's reader, then the
+    model's own pre-processor (as `AnomalibModule.on_*_batch_start` applies it)."""
+    return pre_processor.transform(read_image(path, as_tensor=True)[None])
+
+
+def test_inference_decode_matches_the_training_resize(fine_texture):
+    trained_on = model_resize(SIZE)(read_image(fine_texture, as_tensor=True)[None])[0]
+    decoded = torch.from_numpy(decode(fine_texture, SIZE)).permute(2, 0, 1) / 255
+    assert decoded.shape == trained_on.shape == (3, SIZE, SIZE)
+    assert (decoded - trained_on).abs().max() <= 1.5 / 255  # uint8 rounding, nothing more
+    assert torch.equal(load_images([fine_texture], SIZE)[0], decoded)
+
+    # the check can fail: an antialiased resize of the same file is far from it
+    full = read_image(fine_texture, as_tensor=True)[None]
+    antialiased = torch.nn.functional.interpolate(
+        full, (SIZE, SIZE), mode="bilinear", antialias=True
+    )[0]
+    assert (antialiased - trained_on).abs().max() > 0.1
+
+
+def test_patchcore_trains_tests_times_and_exports_on_the_same_pixels(fine_texture):
+    settings = load_profile("quick").patchcore.model_copy(update={"image_size": SIZE})
+    model, _ = build_patchcore(settings)
+    pre = model.pre_processor
+    seen_in_training = training_input(fine_texture, pre)
+    # anomalib's ONNX/OpenVINO export uses the pre-processor's exportable twin
+    exported = pre.export_transform(read_image(fine_texture, as_tensor=True)[None])
+    assert torch.allclose(exported, seen_in_training, atol=1e-6)
+    # the latency measurement's decode path
+    timed = load_image(fine_texture, SIZE, model)
+    assert (timed - seen_in_training).abs().max() <= 1e-5
