@@ -15,8 +15,11 @@ when nothing was stored).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -66,6 +69,32 @@ class BenchmarkIncomplete(RuntimeError):
     """Some (model, category) produced no result; the others are stored."""
 
 
+# Long stages that log from plain loggers: teacher distillation (first EfficientAD cell on
+# a host without a pretrained teacher) and the PatchCore coreset.
+UI_LOGGERS = ("tasks.efficientad_offline", "tasks.coreset")
+
+
+@contextlib.contextmanager
+def shown_in_ui(*names: str) -> Iterator[None]:
+    """Forward these loggers' INFO records to the task run's log in the Prefect UI, with the
+    handlers Prefect gives `PREFECT_LOGGING_EXTRA_LOGGERS` (set here so that it holds in a
+    worker's or a Dask worker's process too, whatever their environment)."""
+    handlers = logging.getLogger("prefect.extra").handlers
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg, lg.level, [h for h in handlers if h not in lg.handlers]) for lg in loggers]
+    for lg, _, added in saved:
+        lg.setLevel(logging.INFO)
+        for handler in added:
+            lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg, level, added in saved:
+            lg.setLevel(level)
+            for handler in added:
+                lg.removeHandler(handler)
+
+
 @task(
     name="train-and-evaluate",
     task_run_name="{model_name} on {category}",
@@ -98,9 +127,10 @@ def train_and_evaluate_task(
         update_progress_artifact(artifact_id, progress=round(100 * min(max(fraction, 0), 1), 1))
         logger.info("%s", message)  # messages start with "<model>/<category>"
 
-    result = run_cell(
-        model_name, category, spec, profile, Path(run_root), data_fingerprint, progress=progress
-    )
+    with shown_in_ui(*UI_LOGGERS):
+        result = run_cell(
+            model_name, category, spec, profile, Path(run_root), data_fingerprint, progress=progress
+        )
     result.trained_in = run_id
     update_progress_artifact(artifact_id, progress=100.0)
     return result
