@@ -1,5 +1,6 @@
 """EfficientAD-S training step time on CPU: anomalib's losses against
-tasks.efficientad_training's (same losses, less work), in fp32 and bf16 autocast.
+tasks.efficientad_training's (same losses, less work), in fp32 and bf16 autocast,
+with contiguous (NCHW) or channels-last (NHWC) tensors.
 
 One step = losses, backward and Adam update at 256 px, batch 1, the way both run inside
 Lightning (without Lightning's own overhead, the same for both). Prints seconds per step
@@ -7,6 +8,7 @@ Lightning (without Lightning's own overhead, the same for both). Prints seconds 
 whether the CPU has AMX (bf16 is only faster with it).
 
 Usage: python -m benchmarks.efficientad_train_speed [--steps 6] [--threads 2]
+       [--losses ours] [--layouts nchw nhwc]
 """
 
 from __future__ import annotations
@@ -22,15 +24,21 @@ from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 from tasks.efficientad_training import TeacherCache, cpu_has_amx, efficientad_losses
 
 
-def step_seconds(losses: str, precision: str, steps: int) -> tuple[float, float]:
+def step_seconds(
+    losses: str, precision: str, steps: int, layout: str = "nchw"
+) -> tuple[float, float]:
     torch.manual_seed(0)
+    memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
     model = EfficientAdModel(teacher_out_channels=384, model_size="small").train()
+    model = model.to(memory_format=memory_format)
     model.teacher.requires_grad_(False)
     for value in model.mean_std.values():
         value.data.uniform_(0.5, 1.5)
     params = list(model.student.parameters()) + list(model.ae.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    images, penalty = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
+    images, penalty = (
+        torch.rand(1, 3, 256, 256).contiguous(memory_format=memory_format) for _ in range(2)
+    )
     cache = TeacherCache()
     walls, cpus = [], []
     for _ in range(steps + 1):
@@ -52,6 +60,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--losses", nargs="+", default=["anomalib", "ours"])
+    parser.add_argument(
+        "--layouts", nargs="+", default=["nchw", "nhwc"], help="nhwc = channels-last"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -59,11 +71,14 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, AMX {cpu_has_amx()}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'losses':<10}{'precision':<11}{'s/step wall':>12}{'s/step CPU':>12}")
-    for losses in ("anomalib", "ours"):
+    print(f"{'losses':<10}{'precision':<11}{'layout':<8}{'s/step wall':>12}{'s/step CPU':>12}")
+    for losses in args.losses:
         for precision in ("fp32", "bf16"):
-            wall, cpu = step_seconds(losses, precision, args.steps)
-            print(f"{losses:<10}{precision:<11}{wall:>12.2f}{cpu:>12.2f}", flush=True)
+            for layout in args.layouts:
+                wall, cpu = step_seconds(losses, precision, args.steps, layout)
+                print(
+                    f"{losses:<10}{precision:<11}{layout:<8}{wall:>12.2f}{cpu:>12.2f}", flush=True
+                )
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
