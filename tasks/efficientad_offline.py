@@ -265,8 +265,8 @@ def build_efficientad(
         )
         teacher_source = "fallback"
 
-    resize = PreProcessor(transform=model_resize(settings.image_size))
-    module_kwargs.setdefault("pre_processor", resize)
+    pre_processor = PreProcessor(transform=model_resize(settings.image_size))
+    module_kwargs.setdefault("pre_processor", pre_processor)
     model = OfflineEfficientAd(
         teacher_path=str(teacher_path),
         imagenet_dir=str(penalty_dir),
