@@ -45,9 +45,9 @@ def test_inference_decode_matches_the_training_resize(fine_texture):
 
     # the check can fail: a resize without antialiasing of the same file is far from it
     full = read_image(fine_texture, as_tensor=True)[None]
-    aliased = torch.nn.functional.interpolate(
-        full, (SIZE, SIZE), mode="bilinear", antialias=False
-    )[0]
+    aliased = torch.nn.functional.interpolate(full, (SIZE, SIZE), mode="bilinear", antialias=False)[
+        0
+    ]
     assert (aliased - trained_on).abs().max() > 0.1
 
 
@@ -67,3 +67,44 @@ def test_patchcore_trains_tests_times_and_exports_on_the_same_pixels(fine_textur
     # the latency measurement's decode path
     timed = load_image(fine_texture, SIZE, model)
     assert (timed - seen_in_training).abs().max() <= 1e-5
+
+
+def test_anomalib_paths_score_large_files_as_the_trained_model(tmp_path):
+    """anomalib's exported pre-processor resizes without antialiasing; its paths must
+    still score a file larger than the model's input as training saw it."""
+    from anomalib.engine import Engine
+    from conftest import build_mvtec_layout
+
+    from tasks.backbones import build_patchcore
+    from tasks.evaluation import raw_score_post_processor
+    from tasks.inference import BUILDERS, PathContext
+    from tasks.results import DatasetSpec
+    from tasks.training import make_datamodule
+
+    size = 64
+    root = build_mvtec_layout(tmp_path / "data", n_train=6, n_test_good=3, size=4 * size)
+    profile = load_profile("quick", {"patchcore": {"image_size": size}})
+    spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
+    datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
+    model, _ = build_patchcore(profile.patchcore)
+    model.post_processor = raw_score_post_processor()  # raw scores, as in the benchmark
+    engine = Engine(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "engine",
+    )
+    engine.fit(model, datamodule=datamodule)
+    test = sorted((root / "widget" / "test").rglob("*.png"))
+    train = sorted((root / "widget" / "train" / "good").glob("*.png"))
+    ctx = PathContext(model.eval(), size, train, tmp_path / "out", profile.inference, "cpu", 2)
+
+    ours = BUILDERS["torch-fp32"](ctx).score_files(test)
+    theirs = BUILDERS["anomalib-torch"](ctx).score_files(test)
+    assert np.allclose(theirs, ours, rtol=1e-4)  # fed the whole file: up to 72 % off
+    openvino = BUILDERS["anomalib-openvino"](ctx)
+    # OpenVINO's own default precision: bf16 on CPUs with AVX512-BF16 (a few % off)
+    rtol = 0.1 if openvino.precision == "bf16" else 1e-3
+    assert np.allclose(openvino.score_files(test), ours, rtol=rtol), openvino.precision
