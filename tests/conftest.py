@@ -32,6 +32,39 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     return rng.integers(90, 170, (size, size), dtype=np.uint8)
 
 
+def cpu_engine(work_dir: Path, **trainer_args):
+    """anomalib's Engine on the CPU, quiet: no logger, progress bar or model summary."""
+    from anomalib.engine import Engine
+
+    return Engine(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=work_dir,
+        **trainer_args,
+    )
+
+
+def fit_patchcore(root: Path, image_size: int, work_dir: Path, raw_scores: bool = False):
+    """A PatchCore (offline backbone, quick profile) fitted at `image_size` on category
+    `widget` of a `build_mvtec_layout` dataset; `raw_scores` as the benchmark stores them."""
+    from tasks.backbones import build_patchcore
+    from tasks.evaluation import raw_score_post_processor
+    from tasks.profiles import load_profile
+    from tasks.training import make_datamodule
+
+    profile = load_profile("quick", {"patchcore": {"image_size": image_size}})
+    spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
+    datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
+    model, _ = build_patchcore(profile.patchcore)
+    if raw_scores:
+        model.post_processor = raw_score_post_processor()
+    cpu_engine(work_dir).fit(model, datamodule=datamodule)
+    return model
+
+
 def build_mvtec_layout(
     root: Path,
     categories: Sequence[str] = ("widget",),

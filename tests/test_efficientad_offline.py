@@ -10,8 +10,8 @@ import pytest
 import skimage.data
 import torch
 from anomalib.data import MVTecAD
-from anomalib.engine import Engine
 from anomalib.models.image.efficient_ad import lightning_model as anomalib_efficientad
+from conftest import cpu_engine
 from PIL import Image
 
 from tasks import efficientad_offline
@@ -78,16 +78,7 @@ def fit(model, root: Path, tmp_path: Path) -> None:
     datamodule = MVTecAD(
         root=root, category="brick", train_batch_size=1, eval_batch_size=4, num_workers=0
     )
-    engine = Engine(
-        max_steps=3,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path / "engine",
-    )
-    engine.fit(model, datamodule=datamodule)
+    cpu_engine(tmp_path / "engine", max_steps=3).fit(model, datamodule=datamodule)
 
 
 @pytest.mark.slow

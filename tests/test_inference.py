@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from anomalib.engine import Engine
-from conftest import build_mvtec_layout
+from conftest import build_mvtec_layout, fit_patchcore
 
 from tasks.inference import (
     PATHS,
@@ -21,10 +20,9 @@ from tasks.inference import (
     measure_inference_paths,
     openvino_model,
 )
-from tasks.profiles import InferenceSettings, load_profile
-from tasks.results import DatasetSpec, LatencyResult, ModelResult
+from tasks.profiles import InferenceSettings
+from tasks.results import LatencyResult, ModelResult
 from tasks.store import ResultStore
-from tasks.training import make_datamodule
 
 SIZE = 64
 
@@ -32,24 +30,10 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory):
     """A fitted PatchCore and its category's train and test images."""
-    from tasks.backbones import build_patchcore
-
     root = build_mvtec_layout(
         tmp_path_factory.mktemp("inference") / "data", n_train=6, n_test_good=3
     )
-    profile = load_profile("quick", {"patchcore": {"image_size": SIZE}})
-    spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
-    datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
-    model, _ = build_patchcore(profile.patchcore)
-    engine = Engine(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path_factory.mktemp("engine"),
-    )
-    engine.fit(model, datamodule=datamodule)
+    model = fit_patchcore(root, SIZE, tmp_path_factory.mktemp("engine"))
     category = root / "widget"
     test = sorted((category / "test").rglob("*.png"))
     labels = [int(p.parent.name != "good") for p in test]

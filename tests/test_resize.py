@@ -72,34 +72,17 @@ def test_patchcore_trains_tests_times_and_exports_on_the_same_pixels(fine_textur
 def test_anomalib_paths_score_large_files_as_the_trained_model(tmp_path):
     """anomalib's exported pre-processor resizes without antialiasing; its paths must
     still score a file larger than the model's input as training saw it."""
-    from anomalib.engine import Engine
-    from conftest import build_mvtec_layout
+    from conftest import build_mvtec_layout, fit_patchcore
 
-    from tasks.backbones import build_patchcore
-    from tasks.evaluation import raw_score_post_processor
     from tasks.inference import BUILDERS, PathContext
-    from tasks.results import DatasetSpec
-    from tasks.training import make_datamodule
 
     size = 64
     root = build_mvtec_layout(tmp_path / "data", n_train=6, n_test_good=3, size=4 * size)
-    profile = load_profile("quick", {"patchcore": {"image_size": size}})
-    spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
-    datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
-    model, _ = build_patchcore(profile.patchcore)
-    model.post_processor = raw_score_post_processor()  # raw scores, as in the benchmark
-    engine = Engine(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path / "engine",
-    )
-    engine.fit(model, datamodule=datamodule)
+    model = fit_patchcore(root, size, tmp_path / "engine", raw_scores=True)
     test = sorted((root / "widget" / "test").rglob("*.png"))
     train = sorted((root / "widget" / "train" / "good").glob("*.png"))
-    ctx = PathContext(model.eval(), size, train, tmp_path / "out", profile.inference, "cpu", 2)
+    settings = load_profile("quick").inference
+    ctx = PathContext(model.eval(), size, train, tmp_path / "out", settings, "cpu", 2)
 
     ours = BUILDERS["torch-fp32"](ctx).score_files(test)
     theirs = BUILDERS["anomalib-torch"](ctx).score_files(test)
