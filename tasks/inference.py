@@ -452,11 +452,7 @@ def _anomalib_torch_path(ctx: PathContext) -> BuiltPath:
 
 # OpenVINO's element type names -> this module's; its CPU default is bf16 where the CPU
 # has AVX512-BF16 or AMX, so anomalib's inferencer runs bf16 there unless told otherwise
-OPENVINO_PRECISIONS = {
-    "<Type: 'bfloat16'>": "bf16",
-    "<Type: 'float32'>": "fp32",
-    "<Type: 'float16'>": "fp16",
-}
+OPENVINO_PRECISIONS = {"bf16": "bf16", "f32": "fp32", "f16": "fp16"}
 
 
 def _anomalib_openvino_path(ctx: PathContext) -> BuiltPath:
@@ -481,9 +477,8 @@ def _anomalib_openvino_path(ctx: PathContext) -> BuiltPath:
     ov.save_model(ov.convert_model(onnx), xml, compress_to_fp16=False)
     inferencer = OpenVINOInferencer(path=xml, device="CPU")
     compiled = inferencer.model  # compiled with OpenVINO's defaults: say what they chose
-    precision = OPENVINO_PRECISIONS.get(
-        str(compiled.get_property("INFERENCE_PRECISION_HINT")), "fp32"
-    )
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    precision = OPENVINO_PRECISIONS.get(hint, hint)
 
     def predict(path: Path) -> float:
         return float(np.ravel(inferencer.predict(anomalib_input(path, size)).pred_score)[0])
