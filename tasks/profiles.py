@@ -198,11 +198,11 @@ PROFILES: dict[str, dict] = {
     "quick": {
         "name": "quick",
         "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
-        # About 47 s of EfficientAD-S training per category on 2 cores: a step costs about
-        # 1.3 s (fp32, channels-last, the cheaper losses of tasks.efficientad_training; bf16
-        # where AMX). The demo deployment trains 30 (prefect.yaml): on the demo's synthetic
-        # categories 30 steps scored as 36 did; on the real grid and leather subsets, lower
-        # (0.636 / 0.727 against 0.667 / 0.773 test image AUROC).
+        # 36 EfficientAD-S steps per category on 2 cores (fit with validation: 64 s); a step
+        # costs about 1.3 s (fp32, channels-last, the cheaper losses of
+        # tasks.efficientad_training; bf16 where AMX). The demo deployment trains 30
+        # (prefect.yaml): on the demo's synthetic categories 30 steps scored as 36 did; on
+        # the real grid and leather subsets, lower (0.636 / 0.727 against 0.667 / 0.773).
         "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
         "latency_iters": 10,
         # ~30-50 s per cell on 2 cores: the fp32 reference, the fast OpenVINO path and

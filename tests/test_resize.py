@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from anomalib.data.utils import read_image
+from conftest import build_mvtec_layout, fit_patchcore
 
 from tasks.backbones import build_patchcore
-from tasks.inference import decode, load_images
+from tasks.inference import BUILDERS, PathContext, decode, load_images
 from tasks.profiles import load_profile
 from tasks.resize import model_resize
 from tasks.speed import load_image
@@ -45,9 +46,8 @@ def test_inference_decode_matches_the_training_resize(fine_texture):
 
     # the check can fail: a resize without antialiasing of the same file is far from it
     full = read_image(fine_texture, as_tensor=True)[None]
-    aliased = torch.nn.functional.interpolate(full, (SIZE, SIZE), mode="bilinear", antialias=False)[
-        0
-    ]
+    aliased = torch.nn.functional.interpolate(full, (SIZE, SIZE), mode="bilinear", antialias=False)
+    aliased = aliased[0]
     assert (aliased - trained_on).abs().max() > 0.1
 
 
@@ -72,10 +72,6 @@ def test_patchcore_trains_tests_times_and_exports_on_the_same_pixels(fine_textur
 def test_anomalib_paths_score_large_files_as_the_trained_model(tmp_path):
     """anomalib's exported pre-processor resizes without antialiasing; its paths must
     still score a file larger than the model's input as training saw it."""
-    from conftest import build_mvtec_layout, fit_patchcore
-
-    from tasks.inference import BUILDERS, PathContext
-
     size = 64
     root = build_mvtec_layout(tmp_path / "data", n_train=6, n_test_good=3, size=4 * size)
     model = fit_patchcore(root, size, tmp_path / "engine", raw_scores=True)
