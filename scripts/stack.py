@@ -224,6 +224,9 @@ class Stack:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_UI_SHOW_PROMO="false",
             DO_NOT_TRACK="1",
+            # the worker asks for new runs every 2 s (Prefect's default: 10 s), so a run
+            # started from the CLI or the UI begins at once
+            PREFECT_WORKER_QUERY_SECONDS="2",
             BENCH_PROJECT_DIR=str(self.project_dir),
             PYTHONUNBUFFERED="1",
         )

@@ -25,13 +25,15 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.profiles import Profile
 from tasks.results import DatasetSpec, ModelResult
-from tasks.training import Progress, train_and_evaluate
+
+if TYPE_CHECKING:  # training pulls in anomalib and torch: `prefect deploy` need not
+    from tasks.training import Progress
 
 ClusterKind = Literal["none", "local", "address", "cuda"]
 CLUSTER_HELP = "none | local:N | tcp://host:port | cuda"
@@ -190,6 +192,8 @@ def run_cell(
 ) -> ModelResult:
     """One (model, category) on whichever worker runs it; artifacts go to
     run_root/model/category and the result names the worker and device."""
+    from tasks.training import train_and_evaluate
+
     run_root = Path(run_root)
     require_shared_paths(spec.category_dir(category), data_fingerprint, run_root)
     result = train_and_evaluate(
