@@ -8,11 +8,13 @@ STAMP  := $(VENV)/.installed
 
 # uv installs what pip would (same versions), about 5x faster: torch's 5 GB in 15 s
 # instead of a minute. uv does not read pip's configuration, so the package indexes and
-# wheel folders configured for pip on this host are passed on to it.
+# wheel folders configured for pip on this host are passed on to it. It compiles the
+# bytecode at install, on both cores, as pip does: otherwise the first `make demo` pays
+# for it in the server and the flow.
 PIP_INDEXES := $(shell $(PYTHON) -m pip config get global.extra-index-url 2>/dev/null)
 PIP_LINKS   := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 UV := UV_EXTRA_INDEX_URL="$(PIP_INDEXES)" UV_FIND_LINKS="$(PIP_LINKS)" \
-	UV_INDEX_STRATEGY=unsafe-best-match $(VENV)/bin/uv pip install -q --python $(PY)
+	UV_INDEX_STRATEGY=unsafe-best-match UV_COMPILE_BYTECODE=1 $(VENV)/bin/uv pip install -q --python $(PY)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

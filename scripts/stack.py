@@ -367,14 +367,30 @@ class Stack:
         started.append("worker")
         print(f"worker started (pid {pid})")
 
+    def _ensure_pools(self) -> None:
+        """The two process work pools, created through the API (one CLI call costs seconds)."""
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.exceptions import ObjectNotFound
+        from prefect.workers.process import ProcessWorker
+
+        # WORK_POOL runs one benchmark at a time: two trainings would only fight over the
+        # same cores, and it lets a new run know that any other `running` run is dead
+        limits = {WORK_POOL: 1, GPU_POOL: None}
+        with self.client() as client:
+            for name, limit in limits.items():
+                try:
+                    client.read_work_pool(name)
+                except ObjectNotFound:
+                    pool = WorkPoolCreate(
+                        name=name,
+                        type="process",
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                        concurrency_limit=limit,
+                    )
+                    client.create_work_pool(pool)
+
     def _ensure_pool_and_deployments(self, deploy: bool) -> None:
-        if self.prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
-            self.prefect("work-pool", "create", WORK_POOL, "--type", "process")
-            # one benchmark at a time: two trainings would only fight over the same cores,
-            # and it lets a new run know that any other `running` run is dead
-            self.prefect("work-pool", "set-concurrency-limit", WORK_POOL, "1")
-        if self.prefect("work-pool", "inspect", GPU_POOL, check=False).returncode != 0:
-            self.prefect("work-pool", "create", GPU_POOL, "--type", "process")
+        self._ensure_pools()
         if deploy:
             result = self.prefect("--no-prompt", "deploy", "--all", check=False)
             if result.returncode != 0:
@@ -489,7 +505,7 @@ class Stack:
                     return (
                         f"still {run.state.name if run.state else 'unknown'} after {timeout:.0f} s"
                     )
-                time.sleep(poll)
+                time.sleep(min(poll, 1.0) if ended else poll)
 
     def run_deployment(self, name: str, params: dict | None = None, timeout: float = 3600):
         args = ["deployment", "run", name, "--watch"]
