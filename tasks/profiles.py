@@ -207,14 +207,14 @@ PROFILES: dict[str, dict] = {
         "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
         "latency_iters": 10,
         # ~20-35 s per cell on 2 cores: the fp32 reference, the fast OpenVINO path and
-        # anomalib's two paths; each path's timed work is capped at 3 s after one warm-up
-        # run (rows record the runs), but this project's paths always score the whole
-        # test split.
+        # anomalib's two paths; each path's timed work is capped at 4 s after one warm-up
+        # run (50 runs of int8 EfficientAD-S fit; rows record the runs), but this
+        # project's paths always score the whole test split.
         # int8 is the fast path on any CPU with AVX-512 VNNI or AMX; bf16 only with AMX
         # (without it, OpenVINO bf16 ran EfficientAD-S slower than fp32).
         "inference": {
             "paths": ("torch-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino"),
-            "max_seconds_per_path": 3.0,
+            "max_seconds_per_path": 4.0,
             "warmup_runs": 1,
             "warmup_seconds": 2.0,
             "throughput_batch": 1,
