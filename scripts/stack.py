@@ -463,7 +463,7 @@ class Stack:
         params: dict | None = None,
         timeout: float = 3600,
         echo: Callable[[str], None] = print,
-        poll: float = 3.0,
+        poll: float = 5.0,  # each poll costs the server (on the same cores) a few queries
     ) -> str:
         """Start deployment `name` and, while it runs, `echo` one line per finished cell
         and every warning, as the flow logs them; return the final state's name.

@@ -254,10 +254,16 @@ def make_datamodule(
 
 
 class _ProgressCallback(Callback):
-    """Report training progress (a share of [start, end]) every ~5% of the steps."""
+    """Report training progress (a share of [start, end]) every ~5% of the steps, at most
+    every `min_seconds` (each report is a log line and an API call to the Prefect server,
+    which shares the cores with training), and at the last step."""
 
-    def __init__(self, report: Progress, start: float, end: float, label: str) -> None:
+    def __init__(
+        self, report: Progress, start: float, end: float, label: str, min_seconds: float = 3.0
+    ) -> None:
         self.report, self.start, self.end, self.label = report, start, end, label
+        self.min_seconds = min_seconds
+        self._last = -float("inf")
 
     def __getstate__(self) -> dict:
         # anomalib's torch export pickles the module, which reaches the trainer's callbacks;
@@ -275,7 +281,10 @@ class _ProgressCallback(Callback):
         del pl_module, outputs, batch, batch_idx
         total = trainer.max_steps if trainer.max_steps > 0 else trainer.num_training_batches
         step = trainer.global_step
-        if step % max(1, int(total) // 20) == 0 or step == total:
+        now = time.monotonic()
+        due = step % max(1, int(total) // 20) == 0 and now - self._last >= self.min_seconds
+        if due or step == total:
+            self._last = now
             share = min(1.0, step / max(1, total))
             self.report(
                 self.start + share * (self.end - self.start), f"{self.label}: step {step}/{total}"
