@@ -29,7 +29,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -113,6 +113,10 @@ class TeacherCache:
             if key not in self._outputs and self._bytes + size <= self.max_bytes:
                 self._outputs[key] = output[None].clone()
                 self._bytes += size
+
+    def transform(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace every kept output by `fn(output)` (e.g. standardise raw outputs)."""
+        self._outputs = {key: fn(output) for key, output in self._outputs.items()}
 
     def clear(self) -> None:
         self._outputs.clear()

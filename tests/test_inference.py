@@ -7,18 +7,22 @@ benchmarks/inference_paths.py, not here: these tests check what is measured and 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_mvtec_layout, fit_patchcore
 
 from tasks.inference import (
     PATHS,
+    BuiltPath,
     cpu_has_bf16,
     deployable,
     measure_inference_paths,
     openvino_model,
+    time_path,
 )
 from tasks.profiles import InferenceSettings
 from tasks.results import LatencyResult, ModelResult
@@ -219,3 +223,25 @@ def test_int8_efficientad_keeps_the_distance_between_its_networks_in_fp32():
     networks = {name.split("/")[0] for name in quantised}
     assert {"__module.model.teacher.conv4", "__module.model.student.conv4"} <= networks
     assert not [name for name in quantised if name.startswith("__module.model/")]
+
+
+def test_anomalib_paths_have_their_own_time_cap():
+    # anomalib's paths are the comparison: capped sooner; this project's paths still
+    # score the whole test split and get their timed runs
+    def slow(paths):
+        time.sleep(0.05)
+        return np.zeros(len(paths))
+
+    settings = InferenceSettings(
+        timed_runs=20,
+        min_timed_runs=2,
+        max_seconds_per_path=10,
+        anomalib_max_seconds=0.2,
+        warmup_runs=1,
+        throughput_batch=1,
+    )
+    test = [Path(f"{i}.png") for i in range(8)]
+    ours = time_path(BuiltPath("torch-fp32", "fp32", slow, "cpu", 1), test, settings, True)
+    theirs = time_path(BuiltPath("anomalib-torch", "fp32", slow, "cpu", 1, False), test, settings)
+    assert len(ours.single_ms) == 20 and ours.scores is not None
+    assert 2 <= len(theirs.single_ms) < len(test) and theirs.scores is None
