@@ -172,7 +172,9 @@ def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
         assert time.monotonic() < deadline, "the first run never stored a result"
         time.sleep(2)
     os.killpg(stack.pid("worker"), signal.SIGTERM)  # the worker takes its flow run down
+    deadline = time.monotonic() + 120
     while stack.pid("worker"):
+        assert time.monotonic() < deadline, "the worker did not exit on SIGTERM"
         time.sleep(0.5)
     stack.up(deploy=False)  # a new worker
 
