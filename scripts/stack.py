@@ -224,8 +224,6 @@ class Stack:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_SERVER_UI_SHOW_PROMO="false",
             DO_NOT_TRACK="1",
-            # PREFECT_WORKER_QUERY_SECONDS stays at Prefect's 10 s: at 2 s, a worker sent
-            # SIGTERM mid-run waited forever instead of exiting (the killed-worker e2e test)
             BENCH_PROJECT_DIR=str(self.project_dir),
             PYTHONUNBUFFERED="1",
         )
