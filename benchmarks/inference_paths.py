@@ -122,6 +122,7 @@ def main() -> None:
                 "paths": list(ALL_INFERENCE_PATHS),
                 "timed_runs": args.timed_runs,
                 "max_seconds_per_path": args.max_seconds_per_path,
+                "anomalib_max_seconds": args.max_seconds_per_path,  # the full comparison
                 "throughput_batch": 8,
             },
         },

@@ -221,8 +221,52 @@ def test_int8_efficientad_keeps_the_distance_between_its_networks_in_fp32():
             for target in op.output(0).get_target_inputs():
                 quantised.add(target.get_node().get_friendly_name())
     networks = {name.split("/")[0] for name in quantised}
-    assert {"__module.model.teacher.conv4", "__module.model.student.conv4"} <= networks
+    exported = {
+        "__module.model.teacher.conv4",
+        "__module.model.student_st",
+        "__module.model.student_ae",
+    }
+    assert exported <= networks
     assert not [name for name in quantised if name.startswith("__module.model/")]
+
+
+@pytest.mark.parametrize(("pad_maps", "trained"), [(True, True), (False, True), (True, False)])
+def test_exported_efficientad_computes_anomalibs_scores_and_maps(pad_maps, trained):
+    # the OpenVINO paths export EfficientAD-S in a cheaper form: the same numbers, whether
+    # or not its statistics are set, with and without padded maps; in torch and in the IR
+    import openvino as ov
+    from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
+
+    from tasks.inference import DeployedEfficientAd
+
+    torch.manual_seed(0)
+    model = EfficientAdModel(teacher_out_channels=384, model_size="small", pad_maps=pad_maps)
+    model.eval()
+    if trained:
+        for value in model.mean_std.values():
+            value.data.uniform_(0.5, 1.5)
+        model.quantiles["qa_st"].data.fill_(0.2)
+        model.quantiles["qb_st"].data.fill_(0.9)
+        model.quantiles["qa_ae"].data.fill_(0.1)
+        model.quantiles["qb_ae"].data.fill_(0.5)
+    images = torch.rand(2, 3, 256, 256)
+    with torch.no_grad():
+        expected = model(images)
+        deployed = DeployedEfficientAd(model).eval()(images)
+    peak = expected.anomaly_map.abs().max()
+    assert deployed.anomaly_map.shape == expected.anomaly_map.shape == (2, 1, 256, 256)
+    assert torch.allclose(deployed.anomaly_map, expected.anomaly_map, atol=1e-5 * peak)
+    assert torch.allclose(
+        deployed.pred_score.reshape(-1), expected.pred_score.reshape(-1), atol=1e-5 * peak
+    )
+    compiled = ov.Core().compile_model(
+        openvino_model(model, 256), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    score, anomaly_map = compiled(images.numpy()).values()
+    assert np.allclose(anomaly_map, expected.anomaly_map.numpy(), atol=1e-4 * float(peak))
+    assert np.allclose(
+        score.reshape(-1), expected.pred_score.reshape(-1).numpy(), atol=1e-4 * float(peak)
+    )
 
 
 def test_anomalib_paths_have_their_own_time_cap():
