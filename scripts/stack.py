@@ -139,6 +139,22 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def descendants(pid: int) -> list[int]:
+    """Running processes started by `pid` at any depth, those in sessions of their own too."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z":
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def _listening_inodes(port: int) -> set[str]:
     """Socket inodes listening on TCP `port` (any address, IPv4 or IPv6)."""
     inodes = set()
@@ -181,6 +197,23 @@ def _signal(pid: int, sig: int) -> None:
             os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _detached_descendants(leader: int) -> list[ProcessRecord]:
+    """Processes started by `leader` (at any depth) outside its process group, recorded."""
+    found = []
+    for pid in descendants(leader):
+        fields, record = _stat_fields(pid), ProcessRecord.of(pid)
+        if fields is not None and record is not None and fields[2] != str(leader):
+            found.append(record)
+    return found
+
+
+def _signal_ours(record: ProcessRecord, sig: int) -> None:
+    """Signal the process `record` names, only while that PID is still that process."""
+    if record.mismatch() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(record.pid, sig)
 
 
 # --------------------------------------------------------------------------- the stack
@@ -287,14 +320,24 @@ class Stack:
             print(f"{name}: {pid} is not the process this stack started ({problem}): left alone")
             self._pidfile(name).unlink(missing_ok=True)
             return
+        # the worker starts each flow run in a session of its own, out of reach of a
+        # signal to the worker's group: they are stopped by PID, as recorded now
+        detached = _detached_descendants(record.pid)
         _signal(record.pid, signal.SIGTERM)
+        for child in detached:
+            _signal_ours(child, signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT_S
-        while _alive(record.pid) and time.monotonic() < deadline:
+        ours = [record, *detached]
+        while any(r.mismatch() is None for r in ours) and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(record.pid):
             _signal(record.pid, signal.SIGKILL)
+        for child in detached:
+            _signal_ours(child, signal.SIGKILL)
         self._pidfile(name).unlink(missing_ok=True)
-        print(f"stopped {name} (pid {record.pid})")
+        also = f", and what it ran in sessions of their own: pids {[c.pid for c in detached]}"
+        also = also if detached else ""
+        print(f"stopped {name} (pid {record.pid}){also}")
 
     # -- up
 

@@ -16,7 +16,7 @@ import duckdb
 import pytest
 from browser import assert_report_ok, check_report_in_browser
 
-from scripts.stack import Stack, free_port
+from scripts.stack import Stack, descendants, free_port
 from tasks.demo_data import ensure_demo_dataset
 
 pytestmark = pytest.mark.slow
@@ -152,24 +152,6 @@ def _stored_models(db: Path) -> set[str]:
         return set()
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process started by `pid`, at any depth (read from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        parent = int(text[text.rindex(")") + 2 :].split()[1])
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
     stack, demo_root, tmp_path
 ):
@@ -194,7 +176,7 @@ def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
     # their own session, so a signal to the worker's group does not reach them, and on
     # SIGTERM a worker waits for its runs and did not always exit afterwards.
     worker = stack.pid("worker")
-    flow_runs = _descendants(worker)
+    flow_runs = descendants(worker)
     assert flow_runs, "the worker runs no flow run to kill"
     os.killpg(worker, signal.SIGKILL)
     for pid in flow_runs:

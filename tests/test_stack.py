@@ -23,6 +23,7 @@ from scripts.stack import (
     Stack,
     StackError,
     _group_members,
+    descendants,
     free_port,
     main,
     port_is_free,
@@ -94,6 +95,41 @@ def test_down_stops_our_non_leader_process_without_touching_its_group(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_down_stops_what_our_worker_runs_in_sessions_of_their_own(tmp_path):
+    """A worker starts each flow run in a session of its own (as Prefect does): `down`
+    stops those by PID, not only the worker's group."""
+    code = (
+        "import subprocess, time; subprocess.Popen(['sleep', '300'], start_new_session=True);"
+        " time.sleep(300)"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    flow_run = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (runs := descendants(worker.pid)) or "sleep" not in " ".join(
+            ProcessRecord.of(runs[0]).cmdline
+        ):
+            assert time.monotonic() < deadline, "the flow run stand-in did not start"
+            time.sleep(0.05)
+        flow_run = ProcessRecord.of(runs[0])
+        assert os.getpgid(flow_run.pid) != worker.pid
+        record = ProcessRecord.of(worker.pid)
+        (tmp_path / "worker.pid").write_text(json.dumps({
+            "pid": record.pid, "start_ticks": record.start_ticks, "cmdline": record.cmdline
+        }))  # fmt: skip
+        Stack(state_dir=tmp_path, port=free_port()).down()
+        assert worker.wait(timeout=15) == -signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while flow_run.mismatch() is None:
+            assert time.monotonic() < deadline, "the flow run outlived make down"
+            time.sleep(0.1)
+    finally:
+        if flow_run is not None and flow_run.mismatch() is None:
+            os.kill(flow_run.pid, signal.SIGKILL)
+        worker.kill()
+        worker.wait(timeout=10)
 
 
 class _LooksLikePrefect(BaseHTTPRequestHandler):
