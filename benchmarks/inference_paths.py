@@ -44,7 +44,8 @@ def _spec(dataset: str, data_root: Path | None, category: str, work: Path) -> Da
         return DatasetSpec(kind="demo", root=root, categories=(category,))
     if data_root is None or not (data_root / category).is_dir():
         raise SystemExit(f"no category {category!r} under --data-root {data_root}")
-    return DatasetSpec(kind=dataset, root=data_root, categories=(category,))
+    # absolute, as the flow makes it: anomalib resolves relative paths against its root
+    return DatasetSpec(kind=dataset, root=data_root.absolute(), categories=(category,))
 
 
 def _fmt(value: float | None, spec: str) -> str:
