@@ -139,6 +139,7 @@ class EfficientAdSettings(_Settings):
 InferencePath = Literal[
     "torch-fp32",
     "torch-bf16",
+    "torch-fp16-graph",
     "openvino-fp32",
     "openvino-bf16",
     "openvino-int8",

@@ -86,7 +86,7 @@ def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
     )
     rows = {r.path: r for r in measured.latency}
     assert list(rows) == list(PATHS)
-    expected_ok = set(PATHS) - (set() if cpu_has_bf16() else {"torch-bf16"})
+    expected_ok = set(PATHS) - {"torch-fp16-graph"} - (set() if cpu_has_bf16() else {"torch-bf16"})
     for name in expected_ok:
         row = rows[name]
         assert row.status == "ok", (name, row.error)
@@ -97,6 +97,8 @@ def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
     assert rows["torch-fp32"].auroc_delta == 0
     if not cpu_has_bf16():
         assert rows["torch-bf16"].status == "skipped" and "BF16" in rows["torch-bf16"].error
+    graph = rows["torch-fp16-graph"]  # CUDA graphs: GPUs only (tests/test_gpu_paths.py)
+    assert graph.status == "skipped" and "CUDA" in graph.error and graph.p50_ms is None
     # int8 is calibrated on training images only
     calibration = [Path(p) for p in rows["openvino-int8"].calibration_paths]
     assert calibration and all(p.parent == category / "train" / "good" for p in calibration)
