@@ -629,9 +629,20 @@ def main(argv: list[str] | None = None) -> int:
             f"running deployment anomaly-benchmark/demo (watch it in the UI: {stack.ui_url}/runs)",
             flush=True,
         )
-        state = stack.run_and_follow(
-            "anomaly-benchmark/demo", echo=lambda line: print(line, flush=True)
-        )
+        import httpx
+
+        try:
+            state = stack.run_and_follow(
+                "anomaly-benchmark/demo", echo=lambda line: print(line, flush=True)
+            )
+        except httpx.TransportError as err:
+            print(
+                f"no answer from the Prefect server at {stack.api_url} ({err}): is the stack"
+                " up? (`make demo` starts it; `make down` stops the server, the worker and"
+                " a flow run in flight)",
+                file=sys.stderr,
+            )
+            return 1
         print(f"flow run: {state}")
         report = PROJECT_DIR / "reports" / "latest.html"
         print(f"report: {report if report.exists() else '(not written)'}")

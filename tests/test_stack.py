@@ -132,6 +132,14 @@ def test_down_stops_what_our_worker_runs_in_sessions_of_their_own(tmp_path):
         worker.wait(timeout=10)
 
 
+def test_run_demo_without_a_server_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    # what `make demo` prints when `make down` stopped the stack under it
+    monkeypatch.setenv("PREFECT_CLIENT_MAX_RETRIES", "0")
+    assert main(["run-demo", "--state-dir", str(tmp_path), "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert "no answer from the Prefect server" in err and "Traceback" not in err
+
+
 class _LooksLikePrefect(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         self.send_response(200)
