@@ -328,10 +328,19 @@ class Stack:
             _signal_ours(child, signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT_S
         ours = [record, *detached]
-        while any(r.mismatch() is None for r in ours) and time.monotonic() < deadline:
+
+        def running() -> bool:  # ours, or anything left in the group our process led
+            return any(r.mismatch() is None for r in ours) or bool(_group_members(record.pid))
+
+        while running() and time.monotonic() < deadline:
             time.sleep(0.2)
         if _alive(record.pid):
             _signal(record.pid, signal.SIGKILL)
+        elif _group_members(record.pid):
+            # a child forked as the signal went out: the group still bears our PID, and
+            # no new process can take a PID that names a live group, so it is ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(record.pid, signal.SIGKILL)
         for child in detached:
             _signal_ours(child, signal.SIGKILL)
         self._pidfile(name).unlink(missing_ok=True)
