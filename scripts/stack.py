@@ -128,25 +128,25 @@ def _record_after_exec(pid: int, args: list[str], wait_s: float = 5.0) -> Proces
         time.sleep(0.01)
 
 
-def _group_members(pgid: int) -> list[int]:
-    """Running (not zombie) processes of the process group `pgid`."""
-    members = []
+def _running() -> Iterator[tuple[int, list[str]]]:
+    """(pid, stat fields from the state on) of every running (not zombie) process."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
-            if fields is not None and fields[2] == str(pgid) and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
+            if fields is not None and fields[0] != "Z":
+                yield int(entry.name), fields
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Running (not zombie) processes of the process group `pgid`."""
+    return [pid for pid, fields in _running() if fields[2] == str(pgid)]
 
 
 def descendants(pid: int) -> list[int]:
     """Running processes started by `pid` at any depth, those in sessions of their own too."""
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None and fields[0] != "Z":
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for child, fields in _running():
+        children.setdefault(int(fields[1]), []).append(child)
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
