@@ -298,7 +298,7 @@ class CudaGraphed:
         key = (tuple(images.shape), images.stride(), images.dtype)
         if key not in self.captured:
             with torch.inference_mode(False):
-                self.captured[key] = self._capture(images.clone())
+                self.captured[key] = self._capture(images)
         cuda_graph, static, outputs = self.captured[key]
         static.copy_(images)
         cuda_graph.replay()
@@ -462,28 +462,21 @@ class PathContext:
     cache: dict = field(default_factory=dict)
 
 
-def _torch_path(ctx: PathContext, bf16: bool) -> BuiltPath:
-    if bf16 and (reason := bf16_support(ctx.device)):
-        raise PathUnsupported(reason)
-    score = torch_scorer(ctx.model, "bf16" if bf16 else "fp32", ctx.device)
-    return _torch_built(ctx, "torch-bf16" if bf16 else "torch-fp32", score)
-
-
-def _torch_graph_path(ctx: PathContext) -> BuiltPath:
-    """fp16 autocast replayed from CUDA graphs: how the EfficientAD paper times its models."""
-    if not ctx.device.startswith("cuda"):
+def _torch_path(ctx: PathContext, name: str) -> BuiltPath:
+    """torch-fp32, torch-bf16 (autocast), or torch-fp16-graph (fp16 autocast replayed from
+    CUDA graphs: how the EfficientAD paper times its models)."""
+    precision, cuda_graph = PRECISIONS[name], name == "torch-fp16-graph"
+    if cuda_graph and not ctx.device.startswith("cuda"):
         raise PathUnsupported("CUDA graphs need a CUDA device; this path runs on GPUs only")
-    score = torch_scorer(ctx.model, "fp16", ctx.device, cuda_graph=True)
-    return _torch_built(ctx, "torch-fp16-graph", score)
-
-
-def _torch_built(ctx: PathContext, name: str, score: Callable) -> BuiltPath:
+    if precision == "bf16" and (reason := bf16_support(ctx.device)):
+        raise PathUnsupported(reason)
+    score = torch_scorer(ctx.model, precision, ctx.device, cuda_graph)
     size = ctx.image_size
 
     def score_files(paths: Sequence[Path]) -> np.ndarray:
         return score(_to_float([decode(p, size) for p in paths])).pred_score.numpy()
 
-    return BuiltPath(name, PRECISIONS[name], score_files, ctx.device, torch.get_num_threads())
+    return BuiltPath(name, precision, score_files, ctx.device, torch.get_num_threads())
 
 
 def _fp32_ir(ctx: PathContext):
@@ -647,9 +640,9 @@ class PathUnsupported(RuntimeError):
 
 
 BUILDERS: dict[str, Callable[[PathContext], BuiltPath]] = {
-    "torch-fp32": lambda ctx: _torch_path(ctx, bf16=False),
-    "torch-bf16": lambda ctx: _torch_path(ctx, bf16=True),
-    "torch-fp16-graph": _torch_graph_path,
+    "torch-fp32": lambda ctx: _torch_path(ctx, "torch-fp32"),
+    "torch-bf16": lambda ctx: _torch_path(ctx, "torch-bf16"),
+    "torch-fp16-graph": lambda ctx: _torch_path(ctx, "torch-fp16-graph"),
     "openvino-fp32": lambda ctx: _openvino_path(ctx, "fp32"),
     "openvino-bf16": lambda ctx: _openvino_path(ctx, "bf16"),
     "openvino-int8": lambda ctx: _openvino_path(ctx, "int8"),
