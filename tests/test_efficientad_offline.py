@@ -97,7 +97,7 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     pre = model.pre_processor
     small = pre.transform(large)  # antialiased; the export's resize is not, and is fed
     assert torch.equal(pre.export_transform(small), small)  # images already at its size
-    (distilled_file,) = cache.glob("teacher_small_lite0_distilled_steps12_seed0_v*.pth")
+    (distilled_file,) = cache.glob("teacher_small_lite0_distilled_steps12_seed0_*.pth")
     distilled = torch.load(distilled_file, weights_only=True)
     torch.manual_seed(0)
     untrained = efficientad_offline._new_pdn("small").state_dict()
@@ -121,6 +121,23 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
 def test_distillation_lowers_the_loss() -> None:
     _, stats = efficientad_offline.distill_teacher("small", steps=12, seed=0)
     assert stats["last_loss"] < stats["first_loss"]
+
+
+def test_negligible_teacher_weights_are_zeroed_when_loaded(tmp_path: Path) -> None:
+    # weight decay leaves dead channels' weights subnormal, which CPUs compute slowly
+    torch.manual_seed(0)
+    state = efficientad_offline._new_pdn("small").state_dict()
+    weights = state["conv3.weight"].view(-1)
+    weights[:4] = torch.tensor([1e-39, -1e-30, 1e-21, 1e-6])  # subnormal, two tiny, one small
+    path = tmp_path / "teacher.pth"
+    torch.save(state, path)
+
+    loaded = efficientad_offline._load_teacher_state(path, efficientad_offline._new_pdn("small"))
+
+    kept = loaded["conv3.weight"].view(-1)
+    assert kept[:3].eq(0).all()
+    assert torch.equal(kept[3:], weights[3:])
+    assert all(torch.equal(loaded[name], state[name]) for name in state if name != "conv3.weight")
 
 
 @pytest.mark.slow
