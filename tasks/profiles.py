@@ -214,8 +214,8 @@ PROFILES: dict[str, dict] = {
         # tasks.efficientad_training; bf16 where AMX). The demo deployment trains 24
         # (prefect.yaml): on the demo's synthetic categories 24 and 30 steps scored as 36
         # did; on the real grid and leather subsets 30 scored lower (0.636 / 0.727 against
-        # 0.667 / 0.773).
-        # The fallback teacher is distilled only 150 steps (about 13 s), so that `make demo`
+        # 0.667 / 0.773, with the earlier bf16/Adam teacher recipe).
+        # The fallback teacher is distilled only 150 steps (about 15 s), so that `make demo`
         # stays under 10 min; the `cpu` profile's 5,000-step teacher scores higher.
         "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
         "latency_iters": 10,
@@ -241,7 +241,7 @@ PROFILES: dict[str, dict] = {
         # PatchCore as in quick. The fallback teacher is distilled 5,000 steps (about 7 min,
         # made once per machine and cached): on the real grid subset the 400 steps scored
         # 0.879 test image AUROC with it and 0.727 with a 300-step teacher; on the real
-        # leather subset 36 steps scored 1.0 with it and 0.773 with a 150-step teacher.
+        # leather subset 36 steps scored 1.0 with it and 0.841 with a 150-step teacher.
         "name": "cpu",
         "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
         "efficientad": {"max_steps": 400, "image_size": 256, "teacher_distill_steps": 5000},
