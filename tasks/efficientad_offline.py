@@ -60,12 +60,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 from tasks.backbones import load_efficientnet_lite0
-from tasks.efficientad_training import (
-    TeacherCache,
-    cpu_has_amx,
-    efficientad_losses,
-    resolve_training_precision,
-)
+from tasks.efficientad_training import TeacherCache, efficientad_losses, resolve_training_precision
 from tasks.inference import efficientad_inference, load_images
 from tasks.profiles import EfficientAdSettings
 from tasks.resize import model_resize
@@ -520,8 +515,8 @@ def distill_teacher(
 
 
 def distill_precision() -> str:
-    """bf16 where the CPU has AMX, else fp32 (bf16 without AMX is slower than fp32)."""
-    return "bf16" if cpu_has_amx() else "fp32"
+    """bf16 where the CPU has AMX, else fp32: EfficientAD training's own 'auto' choice."""
+    return "bf16" if resolve_training_precision("auto", "cpu") == "bf16-mixed" else "fp32"
 
 
 def distilled_teacher(size: str, steps: int, seed: int, cache_dir: Path) -> tuple[Path, str]:

@@ -215,7 +215,7 @@ PROFILES: dict[str, dict] = {
         # (prefect.yaml): on the demo's synthetic categories 24 and 30 steps scored as 36
         # did; on the real grid and leather subsets 30 scored lower (0.636 / 0.727 against
         # 0.667 / 0.773, with the earlier bf16/Adam teacher recipe).
-        # The fallback teacher is distilled only 150 steps (about 15 s), so that `make demo`
+        # The fallback teacher is distilled only 150 steps (about 16 s), so that `make demo`
         # stays under 10 min; the `cpu` profile's 5,000-step teacher scores higher.
         "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
         "latency_iters": 10,
