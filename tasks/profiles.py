@@ -180,6 +180,13 @@ class InferenceSettings(_Settings):
     calibration_images: int = Field(
         32, ge=1, description="training images that calibrate int8 (never test images)"
     )
+    calibration_anomalies: int = Field(
+        32,
+        ge=0,
+        description="anomalous validation images (synthetic anomalies painted on held-out "
+        "training images, or the validation folder's defects) added to int8 calibration, so "
+        "int8 ranges cover what anomalies do to activations; never test images",
+    )
     threads: int | None = Field(
         None, ge=1, description="OpenVINO inference threads; None = torch's thread count"
     )
@@ -234,6 +241,7 @@ PROFILES: dict[str, dict] = {
             "warmup_seconds": 2.0,
             "throughput_batch": 1,
             "calibration_images": 8,
+            "calibration_anomalies": 16,
         },
     },
     "cpu": {

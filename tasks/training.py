@@ -651,12 +651,20 @@ def export(prep: Prepared, chosen: TrainedAttempt) -> tuple[dict[str, str], Stag
     return artifacts, StageOutcome("export", "completed", None, _since(started))
 
 
+def validation_anomalies(datamodule: Folder) -> list[Path]:
+    """The anomalous images of the validation split (set up by training): synthetic
+    anomalies painted on held-out training images, or the validation folder's defects."""
+    samples = datamodule.val_data.samples
+    return [Path(p) for p in samples.loc[samples.label_index == 1, "image_path"]]
+
+
 def time_inference(
     prep: Prepared, chosen: TrainedAttempt, images: list[ScoredImage], artifacts: dict[str, str]
 ) -> tuple[list[LatencyResult], dict[str, str], StageOutcome]:
     """Every inference path (tasks.inference): latency, throughput and image AUROC on the
     test images, each path's row `ok` or failed with its error, never silent. Int8
-    calibration reads training images only."""
+    calibration reads training images and the validation split's anomalies, never test
+    images."""
     started = time.perf_counter()
     try:
         from tasks.inference import measure_inference_paths
@@ -671,6 +679,7 @@ def time_inference(
             settings=prep.profile.inference,
             device=_device(prep.profile),
             torch_export=artifacts.get("torch"),
+            anomaly_paths=validation_anomalies(prep.datamodule),
         )
     except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
         return [], {}, _failed("latency", err, started)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_mvtec_layout, fit_patchcore
+from PIL import Image
 
 from tasks.inference import (
     PATHS,
@@ -147,6 +148,49 @@ def test_calibration_images_from_the_test_split_are_refused(fitted, tmp_path):
             image_size=SIZE,
             out_dir=tmp_path,
             settings=InferenceSettings(paths=("torch-fp32",)),
+        )
+
+
+def test_int8_calibrates_on_training_images_then_validation_anomalies(fitted, tmp_path):
+    model, test, labels, train, _ = fitted
+    anomalies = []
+    for i, source in enumerate(train[:3]):  # stand-ins for painted validation images
+        image = np.array(Image.open(source).convert("RGB"))
+        image[8:24, 8:24] = 255
+        anomalies.append(tmp_path / f"painted_{i}.png")
+        Image.fromarray(image).save(anomalies[-1])
+    settings = InferenceSettings(
+        paths=("torch-fp32", "openvino-int8"),
+        timed_runs=2,
+        warmup_runs=1,
+        throughput_batch=1,
+        calibration_images=2,
+        calibration_anomalies=2,
+    )
+    measured = measure_inference_paths(
+        model,
+        test,
+        labels,
+        train,
+        image_size=SIZE,
+        out_dir=tmp_path / "inf",
+        settings=settings,
+        anomaly_paths=anomalies,
+    )
+    int8 = measured.latency[1]
+    assert int8.status == "ok", int8.error
+    assert int8.calibration_paths == [str(p) for p in [*train[:2], *anomalies[:2]]]
+
+    with pytest.raises(ValueError, match="must not be test images"):
+        measure_inference_paths(
+            model,
+            test,
+            labels,
+            train,
+            image_size=SIZE,
+            out_dir=tmp_path,
+            settings=settings,
+            anomaly_paths=[test[-1]],
         )
 
 

@@ -264,6 +264,24 @@ def test_validation_can_come_from_a_named_folder(make_dataset, weights_dir, tmp_
     assert len(result.scores) == 4
 
 
+def test_int8_calibration_anomalies_are_the_painted_validation_images(
+    make_dataset, weights_dir, tmp_path
+):
+    root = make_dataset(n_train=8, n_test_good=2, defects={"scratch": 3})
+    datamodule, _, _ = training.make_datamodule(
+        _spec(root, True), "widget", _patchcore_profile(weights_dir), 1, work_dir=tmp_path
+    )
+    datamodule.setup()
+
+    anomalies = training.validation_anomalies(datamodule)
+
+    assert len(anomalies) == 2 * 3  # 2 held-out training images, each painted 3 times
+    assert all(p.parent == tmp_path / "validation" and p.is_file() for p in anomalies)
+    assert not {p.resolve() for p in anomalies} & {
+        p.resolve() for p in (root / "widget" / "test").rglob("*.png")
+    }
+
+
 def test_unknown_model_is_refused(tiny_spec, tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         training.train_and_evaluate("padim", "widget", tiny_spec, load_profile("quick"), tmp_path)
