@@ -491,12 +491,12 @@ class PathContext:
     model: AnomalibModule
     image_size: int
     train_paths: list[Path]
-    anomaly_paths: list[Path]
     out_dir: Path
     settings: InferenceSettings
     device: str
     threads: int
     torch_export: Path | None = None
+    anomaly_paths: list[Path] = field(default_factory=list)  # validation anomalies
     cache: dict = field(default_factory=dict)
 
 

@@ -1,0 +1,105 @@
+"""How far int8 scores move from fp32: NNCF's default calibration against the product's.
+
+Trains one quick-profile model on one category (the flow's own stages), then scores the
+whole test split with the fp32 OpenVINO graph and with two int8 graphs of it:
+- `nncf-default`: NNCF's default ranges (mean of per-image extremes) on training images;
+- `product`: what `openvino-int8` does (`tasks.inference.openvino_model`): training images
+  and validation anomalies, overall min/max ranges widened `ACTIVATION_RANGE_MARGIN` times.
+Prints, per graph, the largest and mean score error as a share of the fp32 scores' range,
+the correlation with the fp32 scores and the test image AUROC change. No timing here:
+`benchmarks/inference_paths.py` times the paths.
+
+Run:
+    python -m benchmarks.int8_calibration --category demo_grass --model efficientad
+    python -m benchmarks.int8_calibration --dataset mvtec \
+        --data-root ../shared/datasets/mvtec_ad_subset --category leather
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import nncf
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from benchmarks.inference_paths import _spec
+from tasks.inference import (
+    _int8_fp32_scope,
+    _to_float,
+    compile_openvino,
+    decode,
+    openvino_model,
+    with_uint8_input,
+)
+from tasks.profiles import load_profile
+from tasks.training import (
+    evaluate,
+    fit_with_recovery,
+    prepare,
+    quiet_training,
+    select,
+    validation_anomalies,
+)
+
+
+def _scores(ov_model, images: list[np.ndarray]) -> np.ndarray:
+    request = compile_openvino(with_uint8_input(ov_model), "fp32", None).create_infer_request()
+    return np.array([float(np.ravel(request.infer({0: im[None]})[0])[0]) for im in images])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("demo", "mvtec", "folder"), default="demo")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--category", default="demo_grass")
+    parser.add_argument("--model", choices=("efficientad", "patchcore"), default="efficientad")
+    parser.add_argument("--work-dir", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="int8-calibration-"))
+    spec = _spec(args.dataset, args.data_root, args.category, work)
+    profile = load_profile("quick", {"weights_dir": str(work / "weights")})
+    prep = prepare(args.model, args.category, spec, profile, work / args.model)
+    with quiet_training():
+        candidates, attempts = fit_with_recovery(prep)
+        chosen, _ = select(candidates, attempts, prep.label)
+        evaluation = evaluate(prep, chosen)
+    model, size, settings = chosen.model, prep.settings.image_size, profile.inference
+    labels = np.array([im.label for im in evaluation.images])
+    test = [decode(Path(im.path), size) for im in evaluation.images]
+    train = prep.train_paths[: settings.calibration_images]
+    anomalies = validation_anomalies(prep.datamodule)[: settings.calibration_anomalies]
+
+    reference = _scores(openvino_model(model, size), test)
+    span = reference.max() - reference.min()
+    nncf.set_log_level(logging.WARNING)
+    default = nncf.quantize(
+        openvino_model(model, size),
+        nncf.Dataset([im[None].numpy() for im in _to_float([decode(p, size) for p in train])]),
+        subset_size=len(train),
+        ignored_scope=_int8_fp32_scope(model),
+    )
+    product = openvino_model(
+        model, size, calibration_images=_to_float([decode(p, size) for p in train + anomalies])
+    )
+    print(
+        f"\n{args.model} on {args.dataset}/{args.category}: fp32 test image AUROC "
+        f"{roc_auc_score(labels, reference):.4f}, {len(labels)} test images; calibration "
+        f"{len(train)} training images (+ {len(anomalies)} validation anomalies for product)"
+    )
+    print(f"{'int8 graph':14}{'max err':>9}{'mean err':>10}{'corr':>8}{'dAUROC':>9}")
+    for name, ov_model in (("nncf-default", default), ("product", product)):
+        scores = _scores(ov_model, test)
+        error = np.abs(scores - reference) / span
+        change = roc_auc_score(labels, scores) - roc_auc_score(labels, reference)
+        corr = np.corrcoef(scores, reference)[0, 1]
+        print(f"{name:14}{error.max():9.4f}{error.mean():10.4f}{corr:8.4f}{change:+9.4f}")
+    print("(errors as a share of the fp32 scores' range)")
+
+
+if __name__ == "__main__":
+    main()
