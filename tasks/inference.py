@@ -332,12 +332,11 @@ def openvino_model(
         if len(calibration_images) == 0:
             raise ValueError("int8 quantisation needs at least one calibration (training) image")
         import nncf
-
-        nncf.set_log_level(logging.WARNING)  # not one INFO line per op it leaves in fp32
-        calibration = nncf.Dataset([image[None].numpy() for image in calibration_images])
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
+        nncf.set_log_level(logging.WARNING)  # not one INFO line per op it leaves in fp32
+        calibration = nncf.Dataset([image[None].numpy() for image in calibration_images])
         ov_model = nncf.quantize(
             ov_model,
             calibration,
@@ -361,14 +360,13 @@ ACTIVATION_RANGE_MARGIN = 2.0
 
 
 def widen_activation_ranges(ov_model, factor: float) -> None:
-    """Scale the range of every activation FakeQuantize (not the weights') by `factor`."""
+    """Scale the range of every FakeQuantize by `factor`. NNCF stores quantised weights as
+    int8 constants, without a FakeQuantize, so every FakeQuantize is an activation's."""
     from openvino import opset13
 
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() != "FakeQuantize":
             continue
-        if op.input_value(0).get_node().get_type_name() == "Constant":
-            continue  # a weight: its range is exact
         for i in range(1, 5):  # input low/high, output low/high
             bound = op.input_value(i).get_node().get_data() * factor
             op.input(i).replace_source_output(opset13.constant(bound.astype(np.float32)).output(0))

@@ -21,9 +21,11 @@ from tasks.inference import (
     BuiltPath,
     cpu_has_bf16,
     deployable,
+    load_images,
     measure_inference_paths,
     openvino_model,
     time_path,
+    widen_activation_ranges,
 )
 from tasks.profiles import InferenceSettings
 from tasks.results import LatencyResult, ModelResult
@@ -192,6 +194,45 @@ def test_int8_calibrates_on_training_images_then_validation_anomalies(fitted, tm
             settings=settings,
             anomaly_paths=[test[-1]],
         )
+
+
+def _quantisation(ov_model) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
+    """FakeQuantize name -> [input low, high, output low, high]; and the int8 weights."""
+    ops = ov_model.get_ordered_ops()
+    bounds = {
+        op.get_friendly_name(): [np.array(op.input_value(i).node.get_data()) for i in range(1, 5)]
+        for op in ops
+        if op.get_type_name() == "FakeQuantize"
+    }
+    int8 = ("i8", "u8")
+    weights = [
+        op.get_data().copy()
+        for op in ops
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in int8
+    ]
+    return bounds, weights
+
+
+def test_int8_activation_ranges_are_widened_and_weights_kept(fitted):
+    import nncf
+
+    model, _, _, train, _ = fitted
+    images = load_images(train[:2], SIZE)
+    quantized = nncf.quantize(
+        openvino_model(model, SIZE), nncf.Dataset([im[None].numpy() for im in images])
+    )
+    bounds, weights = _quantisation(quantized)
+
+    widen_activation_ranges(quantized, 2.0)
+
+    widened, kept = _quantisation(quantized)
+    assert bounds and weights  # activations and weights are quantised
+    assert widened.keys() == bounds.keys()
+    for name, values in bounds.items():
+        for old, new in zip(values, widened[name], strict=True):
+            np.testing.assert_allclose(new, 2 * old, err_msg=name)
+    assert len(kept) == len(weights)
+    assert all(np.array_equal(a, b) for a, b in zip(kept, weights, strict=True))
 
 
 def _row(path: str, p50: float | None, delta: float | None, status: str = "ok"):
