@@ -233,7 +233,7 @@ PROFILES: dict[str, dict] = {
         # whole test split.
         # int8 is the fast path on any CPU with AVX-512 VNNI or AMX; bf16 only with AMX
         # (without it, OpenVINO bf16 ran EfficientAD-S slower than fp32). int8 calibrates
-        # on 16 images, 8 of them validation anomalies: 0.7 s per image for EfficientAD-S;
+        # on 16 images, 8 of them validation anomalies: about 0.4 s per image for EfficientAD-S;
         # 16 anomalies instead of 8 cost 3 s more per cell and erred about as much.
         "inference": {
             "paths": ("torch-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino"),
