@@ -58,6 +58,9 @@ from anomalib.models.image.efficient_ad.torch_model import (
     SmallPatchDescriptionNetwork,
     imagenet_norm_batch,
 )
+from PIL import Image
+from pywuffs import ImageDecoderType, PixelFormat
+from pywuffs.aux import ImageDecoder, ImageDecoderConfig
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
@@ -89,11 +92,49 @@ Precision = Literal["fp32", "bf16", "openvino-fp32", "openvino-bf16", "openvino-
 
 
 def decode(path: Path, image_size: int) -> np.ndarray:
-    """Image file -> RGB uint8 (image_size, image_size, 3): OpenCV decode, the models' resize."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+    """Image file -> RGB uint8 (image_size, image_size, 3), resized as the models are."""
+    return resize_image(read_rgb(path), image_size)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Image file -> RGB uint8 (H, W, 3), the pixels anomalib's training reader sees.
+
+    Opaque PNGs, MVTec AD's format, go through Wuffs: on the 2-core Xeon it decodes a
+    1024 px colour PNG of the real leather subset in about 16 ms, where OpenCV's libpng
+    takes 30 ms (grey grid PNGs: 12 ms both). Every other file goes through OpenCV: other
+    formats, and PNGs with transparency, whose alpha OpenCV drops as anomalib's reader
+    does, where Wuffs would blend it into the colours."""
+    data = path.read_bytes()
+    if data.startswith(PNG_SIGNATURE) and _opaque(path):
+        result = _wuffs_png().decode(data)
+        if result.error_message:
+            raise ValueError(f"{path}: not a readable PNG file ({result.error_message})")
+        return result.pixbuf
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
     if image is None:
         raise ValueError(f"{path}: not a readable image file")
-    return resize_image(image, image_size)
+    return image
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _opaque(path: Path) -> bool:
+    """No alpha channel and no transparent colour (Pillow reads the header chunks only)."""
+    try:
+        with Image.open(path) as image:
+            return not image.has_transparency_data
+    except (OSError, SyntaxError):  # Wuffs then names what is wrong with the file
+        return True
+
+
+def _wuffs_png():
+    """A Wuffs PNG decoder to RGB (one per call: a decoder is not shared between threads;
+    making one takes microseconds)."""
+    config = ImageDecoderConfig()
+    config.enabled_decoders = [ImageDecoderType.PNG]
+    config.pixel_format = PixelFormat.RGB
+    return ImageDecoder(config)
 
 
 def _to_float(images: Sequence[np.ndarray]) -> torch.Tensor:
