@@ -16,6 +16,8 @@ RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (48, 64, 3), np.uint8)
 RGB[:8, :8] = (10, 20, 30)  # the transparent colour of the colour-key cases
 GREY = RGB[..., 0].copy()
+ALPHA = RNG.integers(0, 256, GREY.shape, np.uint8)
+MASK = ((GREY > 100) * 255).astype(np.uint8)  # a palette image's fully transparent pixels
 
 
 def save(path: Path, image: Image.Image, **options) -> Path:
@@ -24,59 +26,56 @@ def save(path: Path, image: Image.Image, **options) -> Path:
 
 
 def trained_on(path: Path) -> np.ndarray:
-    """anomalib's reader, as training and the stored test use it."""
-    return read_image(path, as_tensor=False)
+    """anomalib's reader, as training and the stored test use it, as uint8."""
+    return (read_image(path, as_tensor=False) * 255).round().astype(np.uint8)
 
 
-def test_opaque_pngs_decode_without_opencv_to_the_training_pixels(tmp_path, monkeypatch):
-    cases = {
-        "rgb": Image.fromarray(RGB),
-        "grey": Image.fromarray(GREY),
-        "palette": Image.fromarray(RGB).convert("P"),
-        "bilevel": Image.fromarray(GREY > 128),
-    }
-    paths = {name: save(tmp_path / f"{name}.png", image) for name, image in cases.items()}
+COLOUR = {
+    "rgb": (Image.fromarray(RGB), {}),
+    "palette": (Image.fromarray(RGB).convert("P"), {}),
+    "rgba": (Image.fromarray(np.dstack([RGB, ALPHA]), "RGBA"), {}),
+    "grey-alpha": (Image.fromarray(np.dstack([GREY, ALPHA]), "LA"), {}),
+    "rgb-colour-key": (Image.fromarray(RGB), {"transparency": (10, 20, 30)}),
+    "palette-alpha": (Image.fromarray(np.dstack([RGB, MASK]), "RGBA").convert("P"), {}),
+}
+GREYSCALE = {
+    "grey": (Image.fromarray(GREY), {}),
+    "bilevel": (Image.fromarray(GREY > 128), {}),
+    "grey-colour-key": (Image.fromarray(GREY), {"transparency": 10}),
+}
+
+
+def test_colour_pngs_decode_through_libspng_to_the_training_pixels(tmp_path, monkeypatch):
+    paths = {name: save(tmp_path / f"{name}.png", im, **kw) for name, (im, kw) in COLOUR.items()}
     expected = {name: trained_on(path) for name, path in paths.items()}
 
     def no_opencv(*args, **kwargs):
-        raise AssertionError("an opaque PNG went through OpenCV")
+        raise AssertionError("a colour PNG went through OpenCV")
 
     monkeypatch.setattr(inference.cv2, "imdecode", no_opencv)
     for name, path in paths.items():
         decoded = read_rgb(path)
         assert decoded.dtype == np.uint8 and decoded.shape == (48, 64, 3), name
-        assert np.array_equal(decoded, (expected[name] * 255).round().astype(np.uint8)), name
+        # transparency is dropped, as training drops it, not blended into the colours
+        assert np.array_equal(decoded, expected[name]), name
 
 
-def test_16_bit_pngs_keep_their_high_byte_as_opencv_did(tmp_path):
-    path = tmp_path / "rgb16.png"
-    deep = RNG.integers(0, 65536, RGB.shape, np.uint16)
-    cv2.imwrite(str(path), deep[..., ::-1])
-    assert np.array_equal(read_rgb(path), (deep >> 8).astype(np.uint8))
+def test_greyscale_pngs_and_other_formats_decode_through_opencv(tmp_path):
+    for name, (image, options) in GREYSCALE.items():
+        path = save(tmp_path / f"{name}.png", image, **options)
+        assert np.array_equal(read_rgb(path), trained_on(path)), name
+    bmp = tmp_path / "photo.bmp"
+    cv2.imwrite(str(bmp), RGB[..., ::-1])
+    assert np.array_equal(read_rgb(bmp), RGB)
 
 
-@pytest.mark.parametrize(
-    "name, image, options",
-    [
-        ("rgba", Image.fromarray(np.dstack([RGB, GREY]), "RGBA"), {}),
-        ("grey-alpha", Image.fromarray(np.dstack([GREY, 255 - GREY]), "LA"), {}),
-        ("rgb-colour-key", Image.fromarray(RGB), {"transparency": (10, 20, 30)}),
-        ("grey-colour-key", Image.fromarray(GREY), {"transparency": 10}),
-    ],
-)
-def test_transparency_is_dropped_as_training_drops_it(tmp_path, name, image, options):
-    path = save(tmp_path / f"{name}.png", image, **options)
-    expected = (trained_on(path) * 255).round().astype(np.uint8)
-    assert np.array_equal(read_rgb(path), expected)
-    # the check can fail: blending the alpha in, as a plain RGB decode by Wuffs does,
-    # changes the transparent pixels
-    assert not np.array_equal(inference._wuffs_png().decode(path.read_bytes()).pixbuf, expected)
-
-
-def test_other_formats_decode_through_opencv(tmp_path):
-    path = tmp_path / "photo.bmp"
-    cv2.imwrite(str(path), RGB[..., ::-1])
-    assert np.array_equal(read_rgb(path), RGB)
+@pytest.mark.parametrize("shape", [RGB.shape, GREY.shape], ids=["colour", "grey"])
+def test_16_bit_pngs_keep_their_high_byte(tmp_path, shape):
+    deep = RNG.integers(0, 65536, shape, np.uint16)
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), deep[..., ::-1] if deep.ndim == 3 else deep)
+    high = (deep >> 8).astype(np.uint8)
+    assert np.array_equal(read_rgb(path), high if high.ndim == 3 else np.dstack([high] * 3))
 
 
 def test_broken_files_are_refused_with_their_name(tmp_path):
@@ -86,7 +85,7 @@ def test_broken_files_are_refused_with_their_name(tmp_path):
     truncated.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
     with pytest.raises(ValueError, match=r"truncated\.png: not a readable PNG file"):
         read_rgb(truncated)
-    text = tmp_path / "notes.png"
-    text.write_text("not an image")
-    with pytest.raises(ValueError, match=r"notes\.png: not a readable image file"):
-        read_rgb(text)
+    for name, content in (("header.png", whole.getvalue()[:12]), ("notes.png", b"not an image")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name}: not a readable"):
+            read_rgb(tmp_path / name)
