@@ -49,8 +49,12 @@ def test_gradients_equal_anomalibs() -> None:
     model.zero_grad()
     torch.manual_seed(7)
     sum(efficientad_losses(model, images, penalty)).backward()
+    # Batched and split convolutions sum in another order, and CPUs of different vector
+    # widths order fp32 sums differently again: an early bias gradient (a sum over 64k
+    # positions) differed by 2.3e-4 of its largest value on an AVX2 CPU. Dropping the
+    # penalty term, or half of it, moves the gradients by 3x or 1.5x the 1e-3 allowed.
     for want, param in zip(expected, model.student.parameters(), strict=True):
-        torch.testing.assert_close(param.grad, want, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(param.grad, want, rtol=0, atol=1e-3 * want.abs().max().item())
 
 
 def test_partial_last_layer_equals_the_full_network() -> None:
