@@ -8,7 +8,10 @@ Lightning (without Lightning's own overhead, the same for both). Prints seconds 
 whether the CPU has AMX (bf16 is only faster with it).
 
 Usage: python -m benchmarks.efficientad_train_speed [--steps 6] [--threads 2]
-       [--losses ours] [--layouts nchw nhwc]
+       [--losses ours] [--layouts nchw nhwc] [--precisions fp32 bf16]
+
+bf16 is measured by default only where the CPU computes it natively (AVX-512 BF16 or
+AMX): elsewhere torch emulates it, at minutes per step.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import time
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-from tasks.efficientad_training import TeacherCache, cpu_has_amx, efficientad_losses
+from tasks.efficientad_training import (
+    TeacherCache,
+    cpu_has_amx,
+    cpu_training_layout,
+    efficientad_losses,
+)
+from tasks.inference import cpu_has_bf16
 
 
 def step_seconds(
@@ -64,6 +73,12 @@ def main() -> None:
     parser.add_argument(
         "--layouts", nargs="+", default=["nchw", "nhwc"], help="nhwc = channels-last"
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["fp32", "bf16"] if cpu_has_bf16() else ["fp32"],
+        help="default: bf16 too where the CPU computes it natively",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,9 +86,13 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, AMX {cpu_has_amx()}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
+    chosen = "nhwc" if cpu_training_layout() == torch.channels_last else "nchw"
+    print(
+        f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}: the product trains {chosen}"
+    )
     print(f"{'losses':<10}{'precision':<11}{'layout':<8}{'s/step wall':>12}{'s/step CPU':>12}")
     for losses in args.losses:
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions:
             for layout in args.layouts:
                 wall, cpu = step_seconds(losses, precision, args.steps, layout)
                 print(

@@ -56,7 +56,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from PIL import Image
 
 from checks.manifest_schema import IMAGE_EXTENSIONS
-from tasks.efficientad_training import resolve_training_precision
+from tasks.efficientad_training import cpu_training_layout, resolve_training_precision
 from tasks.evaluation import (
     PredictionCollector,
     ScoredImage,
@@ -460,9 +460,7 @@ def fit_attempt(
     model.visualizer = None  # overlays are written by tasks.evaluation, for a few images only
     gradient = model_name == "efficientad"
     if gradient and _device(profile) == "cpu":
-        # oneDNN's channels-last convolutions: 1.31 instead of 1.44 s per EfficientAD-S step
-        # on the 2-core Xeon (python -m benchmarks.efficientad_train_speed --losses ours)
-        model.model.to(memory_format=torch.channels_last)
+        model.model.to(memory_format=cpu_training_layout())
     # PatchCore has no gradient steps to roll back: no checkpoints of its backbone
     spike = profile.spike if gradient else profile.spike.model_copy(update={"checkpoint_every": 0})
     watcher = LossSpikeCallback(spike, attempt=number)

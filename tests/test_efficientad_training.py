@@ -8,6 +8,7 @@ from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
 from tasks.efficientad_training import (
     TeacherCache,
+    cpu_training_layout,
     efficientad_losses,
     hard_feature_loss,
     pdn_forward,
@@ -86,3 +87,18 @@ def test_precision_auto_follows_the_hardware() -> None:
     assert resolve_training_precision("bf16-mixed", "cpu") == "bf16-mixed"
     expected = "bf16-mixed" if torch.cpu._is_amx_tile_supported() else "32-true"  # noqa: SLF001
     assert resolve_training_precision("auto", "cpu") == expected
+
+
+@pytest.mark.parametrize(
+    ("capability", "layout"),
+    [
+        ("AVX512", torch.channels_last),
+        ("AVX512_BF16", torch.channels_last),
+        ("AVX2", torch.contiguous_format),
+        ("DEFAULT", torch.contiguous_format),
+    ],
+)
+def test_training_layout_follows_the_cpu_kernels(monkeypatch, capability, layout) -> None:
+    # channels-last was the quicker on an AVX-512 Xeon, contiguous on an AVX2 EPYC
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert cpu_training_layout() == layout
