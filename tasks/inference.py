@@ -551,9 +551,22 @@ def _fp32_ir(ctx: PathContext):
     return ctx.cache["ir_fp32"]
 
 
+def openvino_bf16_support() -> str | None:
+    """None when OpenVINO's CPU plugin computes bf16 here, else why not: without it, a
+    bf16 hint silently runs f32 (seen on an AVX2-only AMD EPYC)."""
+    import openvino as ov
+
+    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" in capabilities:
+        return None
+    return f"OpenVINO's CPU plugin has no bf16 here (capabilities {', '.join(capabilities)})"
+
+
 def _openvino_path(ctx: PathContext, precision: str) -> BuiltPath:
     import openvino as ov
 
+    if precision == "bf16" and (reason := openvino_bf16_support()):
+        raise PathUnsupported(reason)
     artifacts: dict[str, str] = {}
     calibration: list[str] = []
     if precision == "int8":

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -212,16 +213,40 @@ class Profile(_Settings):
     inference: InferenceSettings = InferenceSettings()
 
 
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
+def quick_inference_paths() -> tuple[InferencePath, ...]:
+    """The quick profile's paths: the fp32 reference, int8 OpenVINO and anomalib's two paths;
+    OpenVINO fp32 too where the CPU has no int8 dot products (VNNI or AMX).
+
+    Without them int8 need not be the fast path: on a 2-core AMD EPYC (AVX2 only)
+    PatchCore's int8 graph took 32.6 ms against OpenVINO fp32's 20.9, while EfficientAD-S's
+    still ran about twice as fast as fp32.
+    """
+    if cpu_flags() & INT8_DOT_PRODUCT_FLAGS:
+        return ("torch-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino")
+    return ("torch-fp32", "openvino-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino")
+
+
 PROFILES: dict[str, dict] = {
     "quick": {
         "name": "quick",
         "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
         # 36 EfficientAD-S steps per category on 2 cores (fit with validation: 64 s); a step
-        # costs about 1.3 s (fp32, channels-last, the cheaper losses of
-        # tasks.efficientad_training; bf16 where AMX). The demo deployment trains 24
-        # (prefect.yaml): on the demo's synthetic categories 24 and 30 steps scored as 36
-        # did; on the real grid and leather subsets 30 scored lower (0.636 / 0.727 against
-        # 0.667 / 0.773, with the earlier bf16/Adam teacher recipe).
+        # costs about 1.3 s on an AVX-512 Xeon (fp32, channels-last, the cheaper losses of
+        # tasks.efficientad_training; bf16 where AMX), 2.5 s on an AVX2 EPYC (contiguous).
+        # The demo deployment trains 24 (prefect.yaml): on the demo's synthetic categories
+        # 24 and 30 steps scored as 36 did; on the real grid and leather subsets 30 scored
+        # lower (0.636 / 0.727 against 0.667 / 0.773, with the earlier bf16/Adam teacher).
         # The fallback teacher is distilled only 150 steps (about 16 s), so that `make demo`
         # stays under 10 min; the `cpu` profile's 5,000-step teacher scores higher.
         "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
@@ -231,12 +256,13 @@ PROFILES: dict[str, dict] = {
         # 4 s (50 runs of int8 EfficientAD-S fit) and at 2.5 s for anomalib's paths (at
         # least 5 runs; rows record the runs), but this project's paths always score the
         # whole test split.
-        # int8 is the fast path on any CPU with AVX-512 VNNI or AMX; bf16 only with AMX
+        # int8 is the fast path on any CPU with VNNI or AMX (quick_inference_paths adds
+        # OpenVINO fp32 on CPUs without them); bf16 only with AMX
         # (without it, OpenVINO bf16 ran EfficientAD-S slower than fp32). int8 calibrates
         # on 16 images, 8 of them validation anomalies: about 0.4 s per image for EfficientAD-S;
         # 16 anomalies instead of 8 cost 3 s more per cell and erred about as much.
         "inference": {
-            "paths": ("torch-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino"),
+            "paths": quick_inference_paths(),
             "max_seconds_per_path": 4.0,
             "anomalib_max_seconds": 2.5,
             "warmup_runs": 1,

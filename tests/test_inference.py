@@ -16,6 +16,7 @@ import torch
 from conftest import build_mvtec_layout, fit_patchcore
 from PIL import Image
 
+import tasks.profiles as profiles
 from tasks.inference import (
     PATHS,
     BuiltPath,
@@ -23,6 +24,7 @@ from tasks.inference import (
     deployable,
     load_images,
     measure_inference_paths,
+    openvino_bf16_support,
     openvino_model,
     time_path,
     widen_activation_ranges,
@@ -89,7 +91,10 @@ def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
     )
     rows = {r.path: r for r in measured.latency}
     assert list(rows) == list(PATHS)
-    expected_ok = set(PATHS) - {"torch-fp16-graph"} - (set() if cpu_has_bf16() else {"torch-bf16"})
+    unsupported = {"torch-fp16-graph"}
+    unsupported |= set() if cpu_has_bf16() else {"torch-bf16"}
+    unsupported |= set() if openvino_bf16_support() is None else {"openvino-bf16"}
+    expected_ok = set(PATHS) - unsupported
     for name in expected_ok:
         row = rows[name]
         assert row.status == "ok", (name, row.error)
@@ -100,6 +105,10 @@ def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
     assert rows["torch-fp32"].auroc_delta == 0
     if not cpu_has_bf16():
         assert rows["torch-bf16"].status == "skipped" and "BF16" in rows["torch-bf16"].error
+    if openvino_bf16_support() is not None:  # a bf16 hint would run f32 under a bf16 label
+        ov_bf16 = rows["openvino-bf16"]
+        assert ov_bf16.status == "skipped" and "no bf16" in ov_bf16.error
+        assert ov_bf16.p50_ms is None
     graph = rows["torch-fp16-graph"]  # CUDA graphs: GPUs only (tests/test_gpu_paths.py)
     assert graph.status == "skipped" and "CUDA" in graph.error and graph.p50_ms is None
     # int8 is calibrated on training images only
@@ -376,3 +385,29 @@ def test_anomalib_paths_have_their_own_time_cap():
     theirs = time_path(BuiltPath("anomalib-torch", "fp32", slow, "cpu", 1, False), test, settings)
     assert len(ours.single_ms) == 20 and ours.scores is not None
     assert 2 <= len(theirs.single_ms) < len(test) and theirs.scores is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "has_fp32"),
+    [
+        ({"avx512f", "avx512_vnni"}, False),
+        ({"avx2", "avx_vnni"}, False),
+        ({"amx_int8"}, False),
+        ({"avx2", "fma"}, True),
+        (set(), True),
+    ],
+)
+def test_quick_profile_times_openvino_fp32_where_int8_has_no_dot_products(
+    monkeypatch, flags, has_fp32
+) -> None:
+    # without VNNI or AMX, PatchCore's int8 graph ran slower than fp32 (AMD EPYC, AVX2)
+    monkeypatch.setattr(profiles, "cpu_flags", lambda: flags)
+    paths = profiles.quick_inference_paths()
+    assert paths[0] == "torch-fp32" and "openvino-int8" in paths
+    assert {"anomalib-torch", "anomalib-openvino"} <= set(paths)
+    assert ("openvino-fp32" in paths) == has_fp32
+    assert profiles.InferenceSettings(paths=paths).paths == paths  # valid path names
+
+
+def test_quick_profile_uses_this_cpus_paths() -> None:
+    assert profiles.load_profile("quick").inference.paths == profiles.quick_inference_paths()
