@@ -63,7 +63,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings
+from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings, cpu_flags
 from tasks.resize import resize_image
 from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
 
@@ -243,11 +243,7 @@ class DeployedEfficientAd(nn.Module):
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), per /proc/cpuinfo."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def bf16_support(device: str) -> str | None:
