@@ -27,6 +27,7 @@ from scipy.stats import spearmanr
 from torchmetrics.functional.classification import binary_auroc
 
 from tasks.efficientad_offline import build_efficientad, efficientad_inference, load_images
+from tasks.inference import bf16_support, openvino_bf16_support
 from tasks.profiles import load_profile
 from tasks.results import LatencyResult
 
@@ -52,6 +53,16 @@ def train(root: Path, category: str, steps: int, cache: Path):
     start = time.perf_counter()
     engine.fit(model, datamodule=datamodule)
     return model, provenance, time.perf_counter() - start
+
+
+def unsupported(precision: str) -> str | None:
+    """Why `precision` would not run as labelled on this CPU, or None: a bf16 request on a
+    CPU without bf16 is emulated by torch (minutes per image) or silently run f32 by OpenVINO."""
+    if precision == "bf16":
+        return bf16_support("cpu")
+    if precision == "openvino-bf16":
+        return openvino_bf16_support()
+    return None
 
 
 def time_precision(score, paths: list[Path], image_size: int, iters: int, precision: str):
@@ -122,6 +133,9 @@ def main() -> None:
     print(header + f"{'AUROC':>7}{'dAUROC':>8}{'rank r':>8}{'setup s':>9}")
     reference = None
     for precision in args.precisions:
+        if reason := unsupported(precision):
+            print(f"{precision:<15}skipped: {reason}", flush=True)
+            continue
         start = time.perf_counter()
         score = efficientad_inference(
             model, precision, image_size=image_size, calibration_images=calibration
