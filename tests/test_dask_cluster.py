@@ -23,6 +23,7 @@ import pytest
 
 from scripts.stack import free_port
 from tasks.demo_data import ensure_demo_dataset
+from tests.cheap_inference import FAST_INFERENCE
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,7 @@ TINY = {
     "latency_iters": 3,
     "overlays": 0,
     "max_attempts": 1,
+    "inference": FAST_INFERENCE,
 }
 
 

@@ -18,6 +18,7 @@ from browser import assert_report_ok, check_report_in_browser
 
 from scripts.stack import Stack, descendants, free_port
 from tasks.demo_data import ensure_demo_dataset
+from tests.cheap_inference import FAST_INFERENCE
 
 pytestmark = pytest.mark.slow
 
@@ -159,7 +160,8 @@ def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
     params = {
         "data_root": str(demo_root),
         "categories": ["demo_brick"],
-        "overrides": TINY,
+        # the subject is the crash and the rerun: one cheap inference path suffices
+        "overrides": {**TINY, "inference": FAST_INFERENCE},
         "db": str(db),
         "output_dir": str(tmp_path / "runs"),
         "reports_dir": str(tmp_path / "reports"),

@@ -12,6 +12,7 @@ import pytest
 from tasks.profiles import load_profile
 from tasks.results import DatasetSpec
 from tasks.training import train_and_evaluate
+from tests.cheap_inference import FAST_INFERENCE
 from tests.conftest import build_mvtec_layout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def test_exported_patchcore_scores_as_the_trained_model_in_a_fresh_process(
             "patchcore": {"image_size": 64, "coreset_sampling_ratio": 0.5},
             "latency_iters": 3,
             "overlays": 0,
+            "inference": FAST_INFERENCE,
             "weights_dir": str(tmp_path / "weights"),
         },
     )

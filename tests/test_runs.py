@@ -22,6 +22,7 @@ from tasks.gate import validation_markdown
 from tasks.results import RuleResult, ValidationReport
 from tasks.runs import close_abandoned_runs, mark_run_ended, open_run, run_status
 from tasks.store import SCHEMA_VERSION, ResultStore, SchemaError, StoreBusy
+from tests.cheap_inference import FAST_INFERENCE
 
 
 def _start(store: ResultStore, run_id: str, flow_run_id: str | None) -> None:
@@ -200,6 +201,7 @@ def test_a_store_held_past_the_timeout_fails_the_run_and_loses_no_stored_cell(
             "patchcore": {"image_size": 64},
             "latency_iters": 3,
             "overlays": 1,
+            "inference": FAST_INFERENCE,
             "weights_dir": str(tmp_path / "weights"),
         },
         db=str(db),

@@ -16,13 +16,12 @@ from lightning.pytorch import Callback
 import tasks.training as training
 from tasks.profiles import ValidationSettings, load_profile
 from tasks.results import DatasetSpec
+from tests.cheap_inference import FAST_INFERENCE
 from tests.spike_injection import LearningRateBlowUp, NegatedScores
 
 BASE_LR = 1e-4
 PLANNED_STEPS = 40
 INJECT_AT = 36  # 90 % of the plan
-# Inference paths are tested in tests/test_inference.py; here one cheap path suffices.
-FAST_INFERENCE = {"paths": ["torch-fp32"], "timed_runs": 3, "min_timed_runs": 1, "warmup_runs": 1}
 
 
 def _spec(root: Path, masks: bool) -> DatasetSpec:
