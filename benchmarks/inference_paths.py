@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.hardware import device_name
 from tasks.profiles import ALL_INFERENCE_PATHS, load_profile
 from tasks.results import AUROC_TOLERANCE, DatasetSpec, LatencyResult, deployable
 from tasks.training import train_and_evaluate
@@ -134,12 +135,8 @@ def main() -> None:
         result = train_and_evaluate(model, args.category, spec, profile, work / model)
         results[model] = result
         print(f"{model}: cell done in {time.perf_counter() - start:.0f} s", flush=True)
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        "?",
-    )
     print(
-        f"\n{args.dataset}/{args.category}; {os.cpu_count()} cpus ({cpu}), torch threads "
+        f"\n{args.dataset}/{args.category}; {device_name('cpu')}, torch threads "
         f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (others' work "
         "included); p50/p95 at batch 1, decode included; img/s at the batch shown"
     )

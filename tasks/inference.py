@@ -63,7 +63,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings, cpu_flags
+from tasks.hardware import cpu_flags, device_name
+from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings
 from tasks.resize import resize_image
 from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
 
@@ -926,6 +927,7 @@ def _measure_one(
             status="skipped" if unsupported else "failed",
             error=f"{type(err).__name__}: {err}",
             setup_seconds=time.perf_counter() - started,
+            hardware=device_name(ctx.device),
         )
     auroc = image_auroc(timing.scores, test_labels)
     return LatencyResult(
@@ -944,6 +946,7 @@ def _measure_one(
         setup_seconds=setup_seconds,
         calibration_paths=built.calibration_paths,
         error=None if auroc is not None else "AUROC not measured: test pass exceeded time cap",
+        hardware=device_name(built.device),
     )
 
 

@@ -15,10 +15,11 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tasks.hardware import cpu_flags
 
 
 class _Settings(BaseModel):
@@ -214,14 +215,6 @@ class Profile(_Settings):
 
 
 INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        return set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return set()
 
 
 def quick_inference_paths() -> tuple[InferencePath, ...]:

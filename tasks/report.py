@@ -439,7 +439,17 @@ def _environment(run, results, latency) -> dict:
     packages = env.pop("packages", {}) or {}
     devices = sorted({r["device"] for r in results if r["device"]})
     timing = sorted(
-        {(x["device"], x["threads"], x["precision"], x["path"], x["batch_size"]) for x in latency},
+        {
+            (
+                x["device"],
+                x.get("hardware"),
+                x["threads"],
+                x["precision"],
+                x["path"],
+                x["batch_size"],
+            )
+            for x in latency
+        },
         key=str,
     )
     return {"host": env, "packages": packages, "devices": devices, "timing": timing}
@@ -502,6 +512,7 @@ def _inference_table(model: str, category: str, rows: list[dict]) -> dict:
         "deployable": best,
         "tolerance": AUROC_TOLERANCE,
         "chart": chart if points else None,
+        "hardware": sorted({r.hardware for r in results if r.hardware}),
     }
 
 

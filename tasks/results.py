@@ -166,6 +166,7 @@ class LatencyResult:
     warmup_runs: int | None = None
     setup_seconds: float | None = None  # conversion, quantisation, compilation
     calibration_paths: list[str] = field(default_factory=list)  # int8: training images only
+    hardware: str | None = None  # what it ran on: tasks.hardware.device_name(device)
 
 
 # The deployable path is the fastest whose image AUROC is this close to fp32's.

@@ -32,6 +32,7 @@ from anomalib.models.components import AnomalibModule
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from tasks.hardware import device_name
 from tasks.resize import model_resize
 from tasks.results import LatencyResult
 
@@ -162,6 +163,7 @@ def measure_latency(
         peak_memory_mb=memory.peak_mb,
         precision=precision,
         path="torch",
+        hardware=device_name(device),
     )
     logger.info(
         "latency %s %s: p50 %.1f ms, p95 %.1f ms, %.1f img/s at batch %d, +%.0f MB",

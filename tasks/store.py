@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import duckdb
 import pandas as pd
 
+from tasks.hardware import cpu_name
 from tasks.results import ModelResult, ValidationReport
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,8 @@ CREATE TABLE IF NOT EXISTS latency (
     timed_runs     INTEGER,          -- batch-1 runs behind p50/p95
     warmup_runs    INTEGER,
     setup_seconds  DOUBLE,           -- conversion, quantisation, compilation
-    calibration_paths VARCHAR[]      -- int8 calibration images (training images only)
+    calibration_paths VARCHAR[],     -- int8 calibration images (training images only)
+    hardware       VARCHAR           -- what it ran on: CPU name, cpus and features, or GPU name
 );
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id   VARCHAR NOT NULL,
@@ -249,7 +251,7 @@ FROM metrics
 GROUP BY run_id, model, category;
 """
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Forward migrations: MIGRATIONS[n] takes a version n-1 file to version n. Version 1 is
 # the first released schema (no schema_version table). Steps run in one transaction.
@@ -288,6 +290,7 @@ MIGRATIONS: dict[int, list[str]] = {
                stage VARCHAR NOT NULL, status VARCHAR NOT NULL, error VARCHAR,
                seconds DOUBLE)""",
     ],
+    3: ["ALTER TABLE latency ADD COLUMN hardware VARCHAR"],
 }
 
 # Runs are comparable when they read the same data (same root, same manifest hash) with
@@ -806,6 +809,7 @@ def _replace_result(con: duckdb.DuckDBPyConnection, run_id: str, result: ModelRe
             "warmup_runs": ("INTEGER", [x.warmup_runs for x in lat]),
             "setup_seconds": ("DOUBLE", [x.setup_seconds for x in lat]),
             "calibration_paths": ("VARCHAR[]", [list(x.calibration_paths) for x in lat]),
+            "hardware": ("VARCHAR", [x.hardware for x in lat]),
         },
     )
     _insert_columns(
@@ -1044,6 +1048,7 @@ def collect_environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "packages": versions,
     }

@@ -17,6 +17,7 @@ from conftest import build_mvtec_layout, fit_patchcore
 from PIL import Image
 
 import tasks.profiles as profiles
+from tasks.hardware import cpu_name, device_name
 from tasks.inference import (
     PATHS,
     BuiltPath,
@@ -126,6 +127,9 @@ def test_every_path_is_timed_scored_and_stored(fitted, tmp_path):
     assert list(int8["calibration_paths"]) == rows["openvino-int8"].calibration_paths
     fp32 = stored[stored["path"] == "torch-fp32"].iloc[0]
     assert fp32["image_auroc"] == pytest.approx(rows["torch-fp32"].image_auroc)
+    # every row, skipped ones too, names the CPU it was measured on
+    assert set(stored["hardware"]) == {device_name("cpu")}
+    assert device_name("cpu").startswith(cpu_name())
 
 
 def test_a_failing_path_is_stored_as_failed_with_its_error(fitted, tmp_path):
@@ -285,6 +289,7 @@ def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path)
     ]
     for r in rows:
         r.image_auroc = None if r.auroc_delta is None else 0.9 + r.auroc_delta
+        r.hardware = "Example CPU 9000, 2 cpus, AVX2"
     rows[3].error = "RuntimeError: boom"
     _store_rows(tmp_path, rows)
     html = render_report(tmp_path / "results.duckdb", "r1", tmp_path / "reports").read_text()
@@ -292,6 +297,7 @@ def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path)
     assert 'class="deployable" data-path="openvino-bf16"' in section
     assert '<svg id="speed-auroc-patchcore-widget"' in section
     assert "RuntimeError: boom" in section and 'data-status="failed"' in section
+    assert "measured on Example CPU 9000, 2 cpus, AVX2" in section
     # openvino-bf16 is 4.4x anomalib-torch (110/25) and 2x anomalib-openvino (50/25)
     bf16_row = section[section.index('data-path="openvino-bf16" data-status') :]
     bf16_row = bf16_row[: bf16_row.index("</tr>")]
