@@ -168,26 +168,35 @@ def main() -> None:
         f"{provenance['layers']}"
     )
 
+    # The demo size first: run after the real size, anomalib's greedy grew the heap past
+    # 24 GiB (killed for memory on a 2-core AMD EPYC): glibc, having freed the real size's
+    # large buffers, served its 25.6 MB per-step buffers from a heap that kept growing.
+    if not args.skip_demo:
+        demo_size(model, train, args.ratio)
+    real_size(model, train, args.ratio, args.steps)
+
+
+def real_size(model, train: list[Path], ratio: float, steps: int) -> None:
     real = embed(model, views(train, REAL_CATEGORY_IMAGES))
-    size = int(len(real) * args.ratio)
-    print(f"\n[real size] embedding {tuple(real.shape)}, {args.ratio:.0%} coreset = {size}")
+    size = int(len(real) * ratio)
+    print(f"\n[real size] embedding {tuple(real.shape)}, {ratio:.0%} coreset = {size}")
     _, wall, cpu = timed(greedy_coreset_indices, real, size, 0)
     print(f"tasks.coreset           {wall:7.1f} s wall {cpu:7.1f} s CPU (full run)")
-    _, ref_wall, ref_cpu = timed(anomalib_steps, real, args.steps, 0)
-    ref_wall, ref_cpu = ref_wall / args.steps * size, ref_cpu / args.steps * size
+    _, ref_wall, ref_cpu = timed(anomalib_steps, real, steps, 0)
+    ref_wall, ref_cpu = ref_wall / steps * size, ref_cpu / steps * size
     print(
         f"anomalib KCenterGreedy ~{ref_wall:7.1f} s wall {ref_cpu:7.1f} s CPU "
-        f"(extrapolated from {args.steps} steps)"
+        f"(extrapolated from {steps} steps)"
     )
     print(f"speed-up x{ref_wall / wall:.1f} wall; load average {os.getloadavg()[0]:.1f} now")
     print("\n[lookahead product, 64 rows x all patches]")
     product_precision(real)
-    if args.skip_demo:
-        return
 
+
+def demo_size(model, train: list[Path], ratio: float) -> None:
     demo = embed(model, views(train, len(train)))
-    size = int(len(demo) * args.ratio)
-    print(f"\n[demo size] embedding {tuple(demo.shape)}, {args.ratio:.0%} coreset = {size}")
+    size = int(len(demo) * ratio)
+    print(f"\n[demo size] embedding {tuple(demo.shape)}, {ratio:.0%} coreset = {size}")
     reference = anomalib_steps(demo, size, start=0)
     fast = greedy_coreset_indices(demo, size, 0, progress=None).tolist()
     same = [a == b for a, b in zip(fast, reference, strict=True)]
@@ -199,9 +208,9 @@ def main() -> None:
     )
     torch.manual_seed(1)
     with _quiet_kcenter_tqdm():
-        stock, ref_wall, _ = timed(KCenterGreedy(demo, args.ratio).select_coreset_idxs)
+        stock, ref_wall, _ = timed(KCenterGreedy(demo, ratio).select_coreset_idxs)
     torch.manual_seed(1)
-    ours, wall, _ = timed(fast_coreset_indices, demo, args.ratio, progress=None)
+    ours, wall, _ = timed(fast_coreset_indices, demo, ratio, progress=None)
     print(
         f"anomalib KCenterGreedy (its projection) {ref_wall:6.1f} s  image AUROC "
         f"{image_auroc(model, demo[stock]):.3f}"
