@@ -30,7 +30,7 @@ from tasks.efficientad_training import (
     cpu_training_layout,
     efficientad_losses,
 )
-from tasks.inference import cpu_has_bf16
+from tasks.hardware import cpu_has_bf16
 
 
 def step_seconds(

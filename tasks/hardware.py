@@ -19,7 +19,10 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 
-# /proc/cpuinfo flags that decide whether int8 and bf16 paths are fast, as shown
+# /proc/cpuinfo flags that decide whether the int8 and bf16 paths are fast
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# ... and how `device_name` shows them
 FAST_PATH_FLAGS = {
     "avx512_vnni": "VNNI",
     "avx_vnni": "AVX-VNNI",
@@ -38,6 +41,16 @@ def _cpuinfo() -> str:
 def cpu_flags() -> set[str]:
     """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
     return set(_cpuinfo().split())
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX)."""
+    return bool(cpu_flags() & BF16_FLAGS)
+
+
+def cpu_has_int8_dot_products() -> bool:
+    """True when the CPU has int8 dot-product instructions (VNNI or AMX)."""
+    return bool(cpu_flags() & INT8_DOT_PRODUCT_FLAGS)
 
 
 def cpu_name() -> str:

@@ -63,7 +63,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.hardware import cpu_flags, device_name
+from tasks.hardware import cpu_has_bf16, device_name
 from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings
 from tasks.resize import resize_image
 from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
@@ -240,11 +240,6 @@ class DeployedEfficientAd(nn.Module):
         return InferenceBatch(
             pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map
         )
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX), per /proc/cpuinfo."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def bf16_support(device: str) -> str | None:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.hardware import cpu_flags
+from tasks.hardware import cpu_has_int8_dot_products
 
 
 class _Settings(BaseModel):
@@ -214,9 +214,6 @@ class Profile(_Settings):
     inference: InferenceSettings = InferenceSettings()
 
 
-INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
 def quick_inference_paths() -> tuple[InferencePath, ...]:
     """The quick profile's paths: the fp32 reference, int8 OpenVINO and anomalib's two paths;
     OpenVINO fp32 too where the CPU has no int8 dot products (VNNI or AMX).
@@ -225,7 +222,7 @@ def quick_inference_paths() -> tuple[InferencePath, ...]:
     PatchCore's int8 graph took 32.6 ms against OpenVINO fp32's 20.9, while EfficientAD-S's
     still ran about twice as fast as fp32.
     """
-    if cpu_flags() & INT8_DOT_PRODUCT_FLAGS:
+    if cpu_has_int8_dot_products():
         return ("torch-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino")
     return ("torch-fp32", "openvino-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino")
 

@@ -16,6 +16,7 @@ import torch
 from conftest import build_mvtec_layout, fit_patchcore
 from PIL import Image
 
+import tasks.hardware as hardware
 import tasks.profiles as profiles
 from tasks.hardware import cpu_name, device_name
 from tasks.inference import (
@@ -407,7 +408,7 @@ def test_quick_profile_times_openvino_fp32_where_int8_has_no_dot_products(
     monkeypatch, flags, has_fp32
 ) -> None:
     # without VNNI or AMX, PatchCore's int8 graph ran slower than fp32 (AMD EPYC, AVX2)
-    monkeypatch.setattr(profiles, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     paths = profiles.quick_inference_paths()
     assert paths[0] == "torch-fp32" and "openvino-int8" in paths
     assert {"anomalib-torch", "anomalib-openvino"} <= set(paths)
