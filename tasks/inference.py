@@ -345,26 +345,33 @@ def openvino_model(
         traced = torch.jit.trace(_graph(model, deploy=True), example, check_trace=False)
         ov_model = ov.convert_model(traced, input=[(-1, 3, image_size, image_size)])
     if calibration_images is not None:
-        if len(calibration_images) == 0:
-            raise ValueError("int8 quantisation needs at least one calibration (training) image")
-        import nncf
-        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-
-        nncf.set_log_level(logging.WARNING)  # not one INFO line per op it leaves in fp32
-        calibration = nncf.Dataset([image[None].numpy() for image in calibration_images])
-        ov_model = nncf.quantize(
-            ov_model,
-            calibration,
-            subset_size=len(calibration_images),
-            fast_bias_correction=True,
-            ignored_scope=_int8_fp32_scope(model),
-            advanced_parameters=AdvancedQuantizationParameters(
-                activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
-            ),
-        )
-        widen_activation_ranges(ov_model, ACTIVATION_RANGE_MARGIN)
+        ov_model = quantize_int8(ov_model, model, calibration_images)
     return ov_model
+
+
+def quantize_int8(ov_model, model: AnomalibModule | nn.Module, calibration_images: torch.Tensor):
+    """An int8 copy of `ov_model` (the fp32 IR of `model`, as `openvino_model` makes it),
+    quantised by NNCF on `calibration_images`; `ov_model` itself is left as it was."""
+    if len(calibration_images) == 0:
+        raise ValueError("int8 quantisation needs at least one calibration (training) image")
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    nncf.set_log_level(logging.WARNING)  # not one INFO line per op it leaves in fp32
+    calibration = nncf.Dataset([image[None].numpy() for image in calibration_images])
+    quantized = nncf.quantize(
+        ov_model.clone(),
+        calibration,
+        subset_size=len(calibration_images),
+        fast_bias_correction=True,
+        ignored_scope=_int8_fp32_scope(model),
+        advanced_parameters=AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+        ),
+    )
+    widen_activation_ranges(quantized, ACTIVATION_RANGE_MARGIN)
+    return quantized
 
 
 # Largest int8 score error, as a share of the fp32 scores' range, of five quick-profile
@@ -569,14 +576,14 @@ def _openvino_path(ctx: PathContext, precision: str) -> BuiltPath:
             raise ValueError("openvino-int8 needs training images for calibration; none given")
         calibration += [str(p) for p in ctx.anomaly_paths[: ctx.settings.calibration_anomalies]]
         images = _to_float([decode(Path(p), ctx.image_size) for p in calibration])
-        ov_model = openvino_model(ctx.model, ctx.image_size, calibration_images=images)
+        fp32_model, artifacts["openvino_ir"] = _fp32_ir(ctx)  # converted once per model
+        ov_model = quantize_int8(fp32_model, ctx.model, images)
         xml = ctx.out_dir / "openvino_int8" / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov_model, xml, compress_to_fp16=False)
         artifacts["openvino_int8_ir"] = str(xml)
     else:
-        ov_model, xml = _fp32_ir(ctx)
-        artifacts["openvino_ir"] = xml
+        ov_model, artifacts["openvino_ir"] = _fp32_ir(ctx)
     compiled = compile_openvino(with_uint8_input(ov_model), precision, ctx.threads)
     request = compiled.create_infer_request()
     size = ctx.image_size

@@ -164,7 +164,7 @@ class LatencyResult:
     error: str | None = None  # why it failed or was skipped, or what was not measured
     timed_runs: int | None = None  # batch-1 runs behind p50/p95
     warmup_runs: int | None = None
-    setup_seconds: float | None = None  # conversion, quantisation, compilation
+    setup_seconds: float | None = None  # conversion (first OpenVINO path), int8, compile
     calibration_paths: list[str] = field(default_factory=list)  # int8: training images only
     hardware: str | None = None  # what it ran on: tasks.hardware.device_name(device)
 

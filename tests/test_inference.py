@@ -28,6 +28,7 @@ from tasks.inference import (
     measure_inference_paths,
     openvino_bf16_support,
     openvino_model,
+    quantize_int8,
     time_path,
     widen_activation_ranges,
 )
@@ -196,6 +197,9 @@ def test_int8_calibrates_on_training_images_then_validation_anomalies(fitted, tm
     int8 = measured.latency[1]
     assert int8.status == "ok", int8.error
     assert int8.calibration_paths == [str(p) for p in [*train[:2], *anomalies[:2]]]
+    # int8 quantises the model's fp32 IR, which is kept as an artifact too
+    assert Path(measured.artifacts["openvino_ir"]).is_file()
+    assert Path(measured.artifacts["openvino_int8_ir"]).is_file()
 
     with pytest.raises(ValueError, match="must not be test images"):
         measure_inference_paths(
@@ -225,6 +229,15 @@ def _quantisation(ov_model) -> tuple[dict[str, list[np.ndarray]], list[np.ndarra
         if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() in int8
     ]
     return bounds, weights
+
+
+def test_int8_quantises_a_copy_and_leaves_the_fp32_ir_as_it_was(fitted):
+    # the openvino-fp32 path compiles the same converted IR that int8 quantises
+    model, _, _, train, _ = fitted
+    fp32 = openvino_model(model, SIZE)
+    int8 = quantize_int8(fp32, model, load_images(train[:2], SIZE))
+    assert _quantisation(int8)[0] and _quantisation(int8)[1]
+    assert _quantisation(fp32) == ({}, [])
 
 
 def test_int8_activation_ranges_are_widened_and_weights_kept(fitted):
