@@ -74,11 +74,14 @@ def quick_settings(**overrides):
     return load_profile("quick", {"efficientad": efficientad | overrides}).efficientad
 
 
-def fit(model, root: Path, tmp_path: Path) -> None:
+def fit(model, root: Path, tmp_path: Path, validate: bool = False) -> None:
     datamodule = MVTecAD(
         root=root, category="brick", train_batch_size=1, eval_batch_size=4, num_workers=0
     )
-    cpu_engine(tmp_path / "engine", max_steps=3).fit(model, datamodule=datamodule)
+    engine = cpu_engine(tmp_path / "engine", max_steps=3)
+    engine.fit(model, datamodule=datamodule)
+    if validate:  # as tasks.training validates each attempt
+        engine.validate(model, datamodule=datamodule, verbose=False)
 
 
 @pytest.mark.slow
@@ -103,8 +106,12 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     untrained = efficientad_offline._new_pdn("small").state_dict()
     assert not torch.equal(distilled["conv4.weight"], untrained["conv4.weight"])
 
-    fit(model, brick_dataset, tmp_path)
+    fit(model, brick_dataset, tmp_path, validate=True)
 
+    # validation set the map quantiles (in inference mode) as ordinary tensors: anomalib's
+    # ONNX export (torch.export, non-strict) fails on inference tensors
+    assert all(q.item() != 0 for q in model.model.quantiles.values())
+    assert [n for n, p in model.named_parameters() if p.is_inference()] == []
     teacher = model.model.teacher.state_dict()
     assert all(torch.equal(teacher[name], distilled[name]) for name in distilled)
     assert Path(model.imagenet_loader.dataset.root) == cache / "penalty_photos"
