@@ -102,3 +102,17 @@ def test_training_layout_follows_the_cpu_kernels(monkeypatch, capability, layout
     # channels-last was the quicker on an AVX-512 Xeon, contiguous on an AVX2 EPYC
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert cpu_training_layout() == layout
+
+
+def test_models_score_channels_last_on_a_cpu_and_are_left_nchw() -> None:
+    from anomalib.models import EfficientAd
+
+    from tasks.training import inference_layout
+
+    model = EfficientAd(model_size="small")
+    model.model.to(memory_format=torch.channels_last)  # as trained on AVX-512
+    before = {name: w.detach().clone() for name, w in model.named_parameters()}
+    with inference_layout(model):
+        assert model.model.student.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    for name, weights in model.named_parameters():
+        assert weights.is_contiguous() and torch.equal(weights, before[name]), name
