@@ -226,8 +226,8 @@ class OfflineEfficientAd(EfficientAd):
     def map_norm_quantiles(self, dataloader: DataLoader) -> dict[str, torch.Tensor]:
         """anomalib's quantiles, as ordinary tensors. Lightning validates in inference mode,
         and the model keeps these as parameters: as inference tensors they made anomalib's
-        ONNX export (`torch.export`, non-strict) fail and start again in strict mode, 8 s
-        instead of 5 for EfficientAD-S, 19 s instead of 5 in a demo cell on the EPYC."""
+        ONNX export (`torch.export`, non-strict) fail and start again in strict mode
+        (EfficientAD-S on a 2-core AMD EPYC: 8.4 s instead of 5-7 s, the same graph)."""
         with _quiet_anomalib_tqdm():
             quantiles = super().map_norm_quantiles(dataloader)
         with torch.inference_mode(False):
