@@ -567,6 +567,7 @@ def _openvino_path(ctx: PathContext, precision: str) -> BuiltPath:
     if precision == "bf16" and (reason := openvino_bf16_support()):
         raise PathUnsupported(reason)
     artifacts: dict[str, str] = {}
+    ov_model, artifacts["openvino_ir"] = _fp32_ir(ctx)  # converted once, for every precision
     calibration: list[str] = []
     if precision == "int8":
         # training images, then anomalous validation images (made from held-out training
@@ -576,14 +577,11 @@ def _openvino_path(ctx: PathContext, precision: str) -> BuiltPath:
             raise ValueError("openvino-int8 needs training images for calibration; none given")
         calibration += [str(p) for p in ctx.anomaly_paths[: ctx.settings.calibration_anomalies]]
         images = _to_float([decode(Path(p), ctx.image_size) for p in calibration])
-        fp32_model, artifacts["openvino_ir"] = _fp32_ir(ctx)  # converted once per model
-        ov_model = quantize_int8(fp32_model, ctx.model, images)
+        ov_model = quantize_int8(ov_model, ctx.model, images)
         xml = ctx.out_dir / "openvino_int8" / "model.xml"
         xml.parent.mkdir(parents=True, exist_ok=True)
         ov.save_model(ov_model, xml, compress_to_fp16=False)
         artifacts["openvino_int8_ir"] = str(xml)
-    else:
-        ov_model, artifacts["openvino_ir"] = _fp32_ir(ctx)
     compiled = compile_openvino(with_uint8_input(ov_model), precision, ctx.threads)
     request = compiled.create_infer_request()
     size = ctx.image_size
