@@ -122,6 +122,14 @@ def test_different_images_are_judged_against_the_previous_interval():
     assert not judge_regression(split(inside, prefix="new"), previous).regressed
 
 
+def test_a_rise_above_the_previous_interval_is_not_a_regression():
+    weaker = BASE.copy()
+    weaker[8:16] = -np.arange(8) / 10
+    verdict = judge_regression(split(BASE, prefix="new"), split(weaker, prefix="old"))
+    assert verdict.judged_by == INTERVAL
+    assert verdict.auroc > verdict.interval[1] and not verdict.regressed
+
+
 def test_relabelled_images_are_not_the_same_images():
     previous = split(BASE)
     labels = previous.labels.copy()
