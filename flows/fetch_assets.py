@@ -143,7 +143,7 @@ def _row(status: AssetStatus) -> dict:
         "bytes": status.size,
         "path": str(status.path or status.asset.path),
         "source": status.asset.source,
-        "sha256": status.asset.sha256 or "",
+        "sha256": status.sha256 or status.asset.sha256 or "",
         "problem": status.problem or "",
     }
 

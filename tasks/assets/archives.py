@@ -98,6 +98,14 @@ class ArchiveAsset(Asset):
     def local_path(self) -> Path | None:
         return self.path if self.present() else None
 
+    def local_sha256(self) -> str | None:
+        """The archive's sha256 from the marker this layer wrote after verifying it; None
+        for a copy made otherwise (e.g. by anomalib itself, or by hand)."""
+        if not self.present() or not self.marker.is_file():
+            return None
+        recorded = json.loads(self.marker.read_text())
+        return recorded.get("sha256") if recorded.get("url") == self.info.url else None
+
     def missing_contents(self) -> list[str]:
         return [entry for entry in self.contents if not (self.root / entry).exists()]
 

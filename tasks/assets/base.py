@@ -104,6 +104,11 @@ class Asset(ABC):
         Called under the asset's lock, after a successful `probe`; raises
         `AssetUnavailableError` or `HashMismatchError` and leaves no partial file."""
 
+    def local_sha256(self) -> str | None:
+        """The sha256 the local copy was verified against, when it is known without
+        hashing the file again (for provenance); None otherwise."""
+        return None
+
     def local_size(self) -> int | None:
         """Bytes on disk when present."""
         path = self.local_path()

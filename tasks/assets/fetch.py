@@ -48,6 +48,7 @@ class AssetStatus:
     problem: str | None = None  # why it is missing
     offline: bool = False  # the probe could not connect at all
     fetched: bool = False  # downloaded by this call
+    sha256: str | None = None  # what the local copy was verified against, when known
 
     def line(self) -> str:
         """One line of the `--check` listing."""
@@ -73,6 +74,7 @@ def _found(asset: Asset, fetched: bool = False) -> AssetStatus:
         path=asset.local_path(),
         size=asset.local_size(),
         fetched=fetched,
+        sha256=asset.local_sha256(),
     )
 
 

@@ -100,6 +100,12 @@ class HubWeights(Asset):
     def present(self) -> bool:
         return self.local_path() is not None
 
+    def local_sha256(self) -> str | None:
+        # the hub cache names a git-LFS blob by its sha256 (verified when it was fetched)
+        path = self.local_path()
+        name = path.resolve().name if path is not None else ""
+        return name if SHA256.fullmatch(name) else None
+
     def probe(self, settings: AssetSettings) -> Probe:
         """huggingface_hub's own HEAD (`get_hf_file_metadata`), once per candidate file."""
         from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
