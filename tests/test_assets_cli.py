@@ -17,6 +17,7 @@ from asset_server import AssetServer, closed_port_url
 
 from tasks.assets import ASSETS_DIR_ENV
 
+pytestmark = pytest.mark.slow  # a temporary Prefect server and two CLI processes
 REPO = Path(__file__).resolve().parents[1]
 PAPER_ASSETS = ("wide_resnet50_2", "efficientad-teacher", "imagenette")
 

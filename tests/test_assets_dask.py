@@ -5,6 +5,7 @@ the asset's file lock and then finds it present."""
 
 from __future__ import annotations
 
+import pytest
 from anomalib.data.utils import DownloadInfo
 from asset_files import served, teacher_archive
 from asset_server import AssetServer
@@ -17,6 +18,7 @@ from tasks.assets import (
     timm_backbone,
 )
 
+pytestmark = pytest.mark.slow  # a real Dask cluster of two worker processes
 HUB_REPO = "timm/resnet18.a1_in1k"
 
 
