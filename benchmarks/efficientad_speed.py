@@ -26,10 +26,10 @@ from anomalib.engine import Engine
 from scipy.stats import spearmanr
 from torchmetrics.functional.classification import binary_auroc
 
-from tasks.efficientad_offline import build_efficientad, efficientad_inference, load_images
-from tasks.inference import bf16_support, openvino_bf16_support
-from tasks.profiles import load_profile
-from tasks.results import LatencyResult
+from tasks.inference.measure import bf16_support, openvino_bf16_support
+from tasks.models.efficientad.model import build_efficientad, efficientad_inference, load_images
+from tasks.results.types import LatencyResult
+from tasks.runtime.profiles import load_profile
 
 SHARED_MVTEC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad_subset"
 REPO = Path(__file__).resolve().parents[1]

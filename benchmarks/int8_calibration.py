@@ -3,7 +3,7 @@
 Trains one quick-profile model on one category (the flow's own stages), then scores the
 whole test split with the fp32 OpenVINO graph and with two int8 graphs of it:
 - `nncf-default`: NNCF's default ranges (mean of per-image extremes) on training images;
-- `product`: what `openvino-int8` does (`tasks.inference.openvino_model`): training images
+- `product`: what `openvino-int8` does (`tasks.inference.measure.openvino_model`): training images
   and validation anomalies, overall min/max ranges widened `ACTIVATION_RANGE_MARGIN` times.
 Prints, per graph, the largest and mean score error as a share of the fp32 scores' range,
 the correlation with the fp32 scores and the test image AUROC change. No timing here:
@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.inference_paths import _spec
-from tasks.inference import (
+from tasks.inference.measure import (
     _int8_fp32_scope,
     _to_float,
     compile_openvino,
@@ -35,8 +35,8 @@ from tasks.inference import (
     openvino_model,
     with_uint8_input,
 )
-from tasks.profiles import load_profile
-from tasks.training import (
+from tasks.runtime.profiles import load_profile
+from tasks.training.coordinator import (
     evaluate,
     fit_with_recovery,
     prepare,

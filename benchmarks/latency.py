@@ -1,7 +1,7 @@
 """Inference latency and throughput of PatchCore and EfficientAD on 2 CPU cores.
 
 Each model is trained quickly (quick profile) on one demo category, then timed with
-`tasks.speed.measure_latency` (decode + resize + normalise + forward incl. anomaly map
+`tasks.inference.speed.measure_latency` (decode + resize + normalise + forward incl. anomaly map
 and score; fp32 and bf16) next to anomalib's own test path (`Engine.test` wall time per
 test image, which adds Lightning, metrics and post-processing). Goal: PatchCore >= 20
 images/s at 256x256, decode included.
@@ -25,10 +25,10 @@ from anomalib.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.backbones import build_patchcore  # noqa: E402
-from tasks.demo_data import ensure_demo_dataset  # noqa: E402
-from tasks.profiles import load_profile  # noqa: E402
-from tasks.speed import measure_latency  # noqa: E402
+from tasks.data.demo_data import ensure_demo_dataset  # noqa: E402
+from tasks.inference.speed import measure_latency  # noqa: E402
+from tasks.models.backbones import build_patchcore  # noqa: E402
+from tasks.runtime.profiles import load_profile  # noqa: E402
 
 
 def datamodule(category_dir: Path, batch_size: int) -> Folder:
@@ -49,7 +49,7 @@ def build(name: str, profile, cache: Path):
     if name == "patchcore":
         model, _ = build_patchcore(profile.patchcore)
         return model, profile.patchcore.train_batch_size, {}
-    from tasks.efficientad_offline import build_efficientad
+    from tasks.models.efficientad.model import build_efficientad
 
     model, _ = build_efficientad(profile.efficientad, cache)
     return model, profile.efficientad.train_batch_size, {"max_steps": profile.efficientad.max_steps}
@@ -82,7 +82,7 @@ def main() -> None:
         try:
             model, batch_size, trainer_args = build(name, profile, work / "cache")
         except ImportError as err:
-            print(f"{name:12} skipped: tasks.efficientad_offline not available ({err})")
+            print(f"{name:12} skipped: tasks.models.efficientad.model not available ({err})")
             continue
         engine = Engine(
             default_root_dir=work / name,

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from tasks.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
-from tasks.loss_spikes import LossSpikeDetector
-from tasks.profiles import SpikeSettings, load_profile
-from tasks.results import DatasetSpec
-from tasks.training import fit_attempt, make_datamodule, quiet_training
+from tasks.data.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
+from tasks.results.types import DatasetSpec
+from tasks.runtime.profiles import SpikeSettings, load_profile
+from tasks.training.coordinator import fit_attempt, make_datamodule, quiet_training
+from tasks.training.loss_spikes import LossSpikeDetector
 from tests.spike_injection import LearningRateBlowUp
 
 DETECTION_WINDOW = 3  # steps after the injection within which a flag counts as detection

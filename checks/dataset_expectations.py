@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from tasks.results import DatasetSpec, RuleResult
+from tasks.results.types import DatasetSpec, RuleResult
 
 log = logging.getLogger(__name__)
 

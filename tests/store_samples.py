@@ -10,14 +10,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from tasks.results import (
+from tasks.results.store.result_store import ResultStore
+from tasks.results.types import (
     LatencyResult,
     ModelResult,
     RuleResult,
     TrainingAttempt,
     ValidationReport,
 )
-from tasks.store import ResultStore
 
 CATEGORIES = ["demo_grid", "demo_leather"]
 MODELS = ["patchcore", "efficientad"]

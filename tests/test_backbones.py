@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from skimage import data
 
-from tasks.backbones import (
+from tasks.models.backbones import (
     LITE0,
     BackboneUnavailableError,
     build_patchcore,
     hub_weights_available,
     load_efficientnet_lite0,
 )
-from tasks.profiles import PatchCoreSettings, load_profile
+from tasks.runtime.profiles import PatchCoreSettings, load_profile
 
 ESPRESSO = 967  # ImageNet-1k class index
 

@@ -14,7 +14,9 @@ import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from tasks.cluster import (
+from tasks.data.datasets import MVTEC_CATEGORIES, expand_categories
+from tasks.results.types import ModelResult
+from tasks.runtime.cluster import (
     ClusterError,
     ClusterSpec,
     WorkerCannotSeePath,
@@ -25,8 +27,6 @@ from tasks.cluster import (
     task_runner_for,
     worker_identity,
 )
-from tasks.datasets import MVTEC_CATEGORIES, expand_categories
-from tasks.results import ModelResult
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`tasks.inference.read_rgb`: every inference path's decoder gives the pixels training saw."""
+"""`tasks.inference.measure.read_rgb`: every inference path's decoder gives the pixels training saw."""
 
 import io
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 from anomalib.data.utils import read_image
 from PIL import Image
 
-from tasks import inference
-from tasks.inference import read_rgb
+from tasks.inference import measure as inference
+from tasks.inference.measure import read_rgb
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (48, 64, 3), np.uint8)

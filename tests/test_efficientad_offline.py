@@ -14,14 +14,14 @@ from anomalib.models.image.efficient_ad import lightning_model as anomalib_effic
 from conftest import cpu_engine
 from PIL import Image
 
-from tasks import efficientad_offline
-from tasks.efficientad_offline import (
+from tasks.models.efficientad import model as efficientad_offline
+from tasks.models.efficientad.model import (
     OfflineAssetError,
     build_efficientad,
     efficientad_inference,
     load_images,
 )
-from tasks.profiles import load_profile
+from tasks.runtime.profiles import load_profile
 
 IMAGE_SIZE = 256  # anomalib's EfficientAD autoencoder needs at least 256 px
 CROP = 128  # images on disk; the pre-processor resizes them
@@ -80,7 +80,7 @@ def fit(model, root: Path, tmp_path: Path, validate: bool = False) -> None:
     )
     engine = cpu_engine(tmp_path / "engine", max_steps=3)
     engine.fit(model, datamodule=datamodule)
-    if validate:  # as tasks.training validates each attempt
+    if validate:  # as tasks.training.coordinator validates each attempt
         engine.validate(model, datamodule=datamodule, verbose=False)
 
 
@@ -95,7 +95,7 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     assert provenance["paper_configuration"] is False
     assert provenance["teacher"].startswith("fallback: distilled from EfficientNet-Lite0")
     assert provenance["penalty_data"].startswith("fallback: scikit-image natural photos")
-    # trained, tested and exported on the same pixels (tasks.resize)
+    # trained, tested and exported on the same pixels (tasks.data.resize)
     large = torch.rand(1, 3, 3 * IMAGE_SIZE, 3 * IMAGE_SIZE)
     pre = model.pre_processor
     small = pre.transform(large)  # antialiased; the export's resize is not, and is fed

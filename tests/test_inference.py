@@ -16,10 +16,9 @@ import torch
 from conftest import build_mvtec_layout, fit_patchcore
 from PIL import Image
 
-import tasks.hardware as hardware
-import tasks.profiles as profiles
-from tasks.hardware import cpu_name, device_name
-from tasks.inference import (
+import tasks.runtime.hardware as hardware
+import tasks.runtime.profiles as profiles
+from tasks.inference.measure import (
     PATHS,
     BuiltPath,
     cpu_has_bf16,
@@ -32,9 +31,10 @@ from tasks.inference import (
     time_path,
     widen_activation_ranges,
 )
-from tasks.profiles import InferenceSettings
-from tasks.results import LatencyResult, ModelResult
-from tasks.store import ResultStore
+from tasks.results.store.result_store import ResultStore
+from tasks.results.types import LatencyResult, ModelResult
+from tasks.runtime.hardware import cpu_name, device_name
+from tasks.runtime.profiles import InferenceSettings
 
 SIZE = 64
 
@@ -291,7 +291,7 @@ def test_deployable_is_the_fastest_path_within_the_auroc_tolerance():
 
 
 def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path):
-    from tasks.report import render_report
+    from tasks.report.render import render_report
 
     rows = [
         _row("torch-fp32", 100.0, 0.0),
@@ -353,7 +353,7 @@ def test_exported_efficientad_computes_anomalibs_scores_and_maps(pad_maps, train
     import openvino as ov
     from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-    from tasks.inference import DeployedEfficientAd
+    from tasks.inference.measure import DeployedEfficientAd
 
     torch.manual_seed(0)
     model = EfficientAdModel(teacher_out_channels=384, model_size="small", pad_maps=pad_maps)

@@ -1,4 +1,4 @@
-"""Every way into a model shrinks a large image the same way (`tasks.resize`)."""
+"""Every way into a model shrinks a large image the same way (`tasks.data.resize`)."""
 
 from pathlib import Path
 
@@ -9,11 +9,11 @@ import torch
 from anomalib.data.utils import read_image
 from conftest import build_mvtec_layout, fit_patchcore
 
-from tasks.backbones import build_patchcore
-from tasks.inference import BUILDERS, PathContext, decode, load_images
-from tasks.profiles import load_profile
-from tasks.resize import model_resize
-from tasks.speed import load_image
+from tasks.data.resize import model_resize
+from tasks.inference.measure import BUILDERS, PathContext, decode, load_images
+from tasks.inference.speed import load_image
+from tasks.models.backbones import build_patchcore
+from tasks.runtime.profiles import load_profile
 
 SIZE = 256
 

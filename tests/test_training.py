@@ -1,6 +1,6 @@
 """Real anomalib training on tiny MVTec-layout data: rollback, validation, evaluation.
 
-EfficientAD runs are real (offline teacher from tasks.efficientad_offline, distilled for
+EfficientAD runs are real (offline teacher from tasks.models.efficientad.model, distilled for
 a few steps only: teacher quality is beside the point here) and take minutes on 2 CPU
 cores, so they are marked slow.
 """
@@ -13,9 +13,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-import tasks.training as training
-from tasks.profiles import ValidationSettings, load_profile
-from tasks.results import DatasetSpec
+import tasks.training.coordinator as training
+from tasks.results.types import DatasetSpec
+from tasks.runtime.profiles import ValidationSettings, load_profile
 from tests.cheap_inference import FAST_INFERENCE
 from tests.spike_injection import LearningRateBlowUp, NegatedScores
 

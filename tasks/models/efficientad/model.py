@@ -14,7 +14,7 @@ anomalib downloads both (the teacher weights and imagenette) when training start
 - the penalty images are a local imagenette copy when given, else those same photos.
 
 The provenance dict says which one was used, plainly. Inference backends (torch fp32/bf16,
-OpenVINO fp32/bf16/int8) live in `tasks.inference`; `efficientad_inference` and
+OpenVINO fp32/bf16/int8) live in `tasks.inference.measure`; `efficientad_inference` and
 `load_images` are re-exported here for existing callers.
 
 Example:
@@ -59,11 +59,15 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-from tasks.backbones import load_efficientnet_lite0
-from tasks.efficientad_training import TeacherCache, efficientad_losses, resolve_training_precision
-from tasks.inference import efficientad_inference, load_images
-from tasks.profiles import EfficientAdSettings
-from tasks.resize import model_resize
+from tasks.data.resize import model_resize
+from tasks.inference.measure import efficientad_inference, load_images
+from tasks.models.backbones import load_efficientnet_lite0
+from tasks.models.efficientad.training import (
+    TeacherCache,
+    efficientad_losses,
+    resolve_training_precision,
+)
+from tasks.runtime.profiles import EfficientAdSettings
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +122,7 @@ class OfflineEfficientAd(EfficientAd):
     """anomalib's EfficientAd, reading its teacher and penalty images from local paths only.
 
     The two hooks that would download are replaced, and the training step computes
-    anomalib's losses with less work (`tasks.efficientad_training.efficientad_losses`);
+    anomalib's losses with less work (`tasks.models.efficientad.training.efficientad_losses`);
     inference is anomalib's. `penalty_random_crops` draws random crops instead of
     anomalib's centre crop, so a few photos still give varied penalty images.
     """
@@ -180,7 +184,7 @@ class OfflineEfficientAd(EfficientAd):
 
     def training_step(self, batch, *args, **kwargs) -> dict[str, torch.Tensor]:
         """anomalib's training step, with its losses from `efficientad_losses` (same
-        losses, less work: see tasks.efficientad_training)."""
+        losses, less work: see tasks.models.efficientad.training)."""
         del args, kwargs
         try:
             penalty = next(self.imagenet_iterator)[0].to(self.device)

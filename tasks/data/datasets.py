@@ -1,14 +1,14 @@
 """The dataset layer: resolve a dataset name to a checked `DatasetSpec` in MVTec AD layout.
 
 Three kinds:
-- `demo`: generated on first use (see `tasks.demo_data`); not MVTec AD.
+- `demo`: generated on first use (see `tasks.data.demo_data`); not MVTec AD.
 - `mvtec`: MVTec AD (Bergmann et al., CVPR 2019) under `data_root`; downloaded with
   anomalib only when the download host answers within a few seconds, otherwise a
   `DatasetError` says what is missing and where to put it. Never hangs offline.
 - `folder`: the user's own MVTec-like folder; masks are optional.
 
 Only the layout is checked here (paths, categories, `train/`); file contents are the
-validation gate's job (`tasks.validation`).
+validation gate's job (`tasks.validation.rules`).
 
 Example:
     >>> spec = prepare_dataset("demo", "data/demo", ["demo_grid"])
@@ -25,9 +25,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
-from tasks.paths import UnsafePath, plain_name
-from tasks.results import DatasetError, DatasetSpec
+from tasks.data.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
+from tasks.results.types import DatasetError, DatasetSpec
+from tasks.runtime.paths import UnsafePath, plain_name
 
 log = logging.getLogger(__name__)
 

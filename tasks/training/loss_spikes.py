@@ -28,7 +28,7 @@ predates the spike, or after `max_rollbacks`, it stops training (`.spike` is set
 the caller restarts from fresh weights: the last resort.
 
 Example:
-    >>> from tasks.profiles import SpikeSettings
+    >>> from tasks.runtime.profiles import SpikeSettings
     >>> detector = LossSpikeDetector(SpikeSettings(window=10, warmup_steps=5, persistence=2))
     >>> events = [detector.update(step, "train_loss", v) for step, v in
     ...           enumerate([1.0, 0.98, 0.97, 0.99, 0.96, 0.95, 40.0, 45.0])]
@@ -48,8 +48,8 @@ from typing import Any, Literal
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from tasks.profiles import SpikeSettings
-from tasks.results import Recovery
+from tasks.results.types import Recovery
+from tasks.runtime.profiles import SpikeSettings
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 inference export, `Engine.export(..., ExportType.TORCH)`: the whole module, pre-processor
 (resize, normalise), torch model and post-processor (score normalisation), pickled in one
 `.pt` file. The ONNX and OpenVINO IR exports are written with the inference paths
-(`tasks.inference`).
+(`tasks.inference.measure`).
 
 `load_exported` gives an `ExportedModel` whose `.score(image_path)` returns the image's
 anomaly score as the exported module computes it: the model's raw score, the same value

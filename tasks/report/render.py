@@ -1,7 +1,7 @@
 """The benchmark's HTML report: one self-contained file rendered from the DuckDB store.
 
 Everything shown is read back from DuckDB (never from in-memory results), so the report
-is exactly what was stored. The file has inline CSS, inline SVG charts (tasks.charts)
+is exactly what was stored. The file has inline CSS, inline SVG charts (tasks.report.charts)
 and overlay images as base64 data URIs: no scripts, no external URL. It is written
 atomically to `reports/<run-id>/report.html` and `reports/latest.html`.
 
@@ -31,13 +31,23 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from PIL import Image
 
-from tasks.charts import DASHES, PALETTE, Marker, Point, Series, line_chart, scatter_chart, thin
-from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
-from tasks.store import CORE_METRICS, ResultStore
+from tasks.report.charts import (
+    DASHES,
+    PALETTE,
+    Marker,
+    Point,
+    Series,
+    line_chart,
+    scatter_chart,
+    thin,
+)
+from tasks.results.store.result_store import CORE_METRICS, ResultStore
+from tasks.results.types import AUROC_TOLERANCE, LatencyResult, deployable
+from tasks.runtime.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+TEMPLATES = REPO_ROOT / "templates"
 TABLE_METRICS = ("image_auroc", "pixel_auroc", "image_f1", "aupro")
 METRIC_NAMES = {
     "image_auroc": "Image AUROC",

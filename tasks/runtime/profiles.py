@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.hardware import cpu_has_int8_dot_products
+from tasks.runtime.hardware import cpu_has_int8_dot_products
 
 
 class _Settings(BaseModel):
@@ -27,7 +27,7 @@ class _Settings(BaseModel):
 
 
 class SpikeSettings(_Settings):
-    """How the loss watcher decides a step is a spike (see tasks.loss_spikes)."""
+    """How the loss watcher decides a step is a spike (see tasks.training.loss_spikes)."""
 
     window: int = Field(25, ge=5, description="rolling window of recent steps")
     warmup_steps: int = Field(10, ge=1, description="steps before spikes are judged")
@@ -157,7 +157,7 @@ ALL_INFERENCE_PATHS: tuple[InferencePath, ...] = InferencePath.__args__
 
 class InferenceSettings(_Settings):
     """Which inference paths are timed and scored per (model, category), and how long
-    (see tasks.inference). torch-fp32 is always measured: it is the AUROC reference."""
+    (see tasks.inference.measure). torch-fp32 is always measured: it is the AUROC reference."""
 
     paths: tuple[InferencePath, ...] = Field(ALL_INFERENCE_PATHS, min_length=1)
     timed_runs: int = Field(50, ge=1, description="batch-1 timed runs wanted per path")
@@ -233,7 +233,7 @@ PROFILES: dict[str, dict] = {
         "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
         # 36 EfficientAD-S steps per category on 2 cores (fit with validation: 64 s); a step
         # costs about 1.3 s on an AVX-512 Xeon (fp32, channels-last, the cheaper losses of
-        # tasks.efficientad_training; bf16 where AMX), 2.5 s on an AVX2 EPYC (contiguous).
+        # tasks.models.efficientad.training; bf16 where AMX), 2.5 s on an AVX2 EPYC (contiguous).
         # The demo deployment trains 24 (prefect.yaml): on the demo's synthetic categories
         # 24 and 30 steps scored as 36 did; on the real grid and leather subsets 30 scored
         # lower (0.636 / 0.727 against 0.667 / 0.773, with the earlier bf16/Adam teacher).

@@ -18,7 +18,7 @@ therefore hand exported graphs images already at the model's size, where the gra
 own resize does nothing, so a deployed model sees the pixels it was trained and scored on.
 
 Example:
-    >>> from tasks.resize import model_resize, resize_image
+    >>> from tasks.data.resize import model_resize, resize_image
     >>> transform = model_resize(256)            # float tensors, inside the pre-processor
     >>> small = resize_image(decoded_hwc, 256)  # decoded files, before a model sees them
 """

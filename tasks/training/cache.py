@@ -27,10 +27,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tasks.profiles import Profile
-from tasks.results import ModelResult
+from tasks.results.types import ModelResult
+from tasks.runtime.paths import REPO_ROOT
+from tasks.runtime.profiles import Profile
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("tasks", "checks", "flows")
 LIBRARIES = ("anomalib", "torch", "torchvision", "lightning", "timm", "scikit-learn")
 
@@ -75,7 +75,7 @@ def file_sha256(path: Path) -> str:
 
 def weights_files(profile: Profile) -> list[Path]:
     """Every weights file a model of this profile may load, as found on disk now."""
-    from tasks.backbones import PAPER_BACKBONE, _cached_weight_files
+    from tasks.models.backbones import PAPER_BACKBONE, _cached_weight_files
 
     weights_dir = (
         Path(profile.weights_dir) if profile.weights_dir else REPO_ROOT / "data" / "weights"

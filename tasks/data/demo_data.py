@@ -31,7 +31,7 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
 
-from tasks.results import DatasetError
+from tasks.results.types import DatasetError
 
 log = logging.getLogger(__name__)
 

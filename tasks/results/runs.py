@@ -24,7 +24,12 @@ from typing import Any
 
 from prefect.runtime import flow_run
 
-from tasks.store import DEFAULT_LOCK_TIMEOUT_S, ResultStore, SchemaError, StoreBusy
+from tasks.results.store.result_store import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    ResultStore,
+    SchemaError,
+    StoreBusy,
+)
 
 DEFAULT_DB = "results/benchmark.duckdb"
 

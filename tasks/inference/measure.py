@@ -63,10 +63,10 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.hardware import cpu_has_bf16, device_name
-from tasks.profiles import ALL_INFERENCE_PATHS, InferenceSettings
-from tasks.resize import resize_image
-from tasks.results import AUROC_TOLERANCE, LatencyResult, deployable
+from tasks.data.resize import resize_image
+from tasks.results.types import AUROC_TOLERANCE, LatencyResult, deployable
+from tasks.runtime.hardware import cpu_has_bf16, device_name
+from tasks.runtime.profiles import ALL_INFERENCE_PATHS, InferenceSettings
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ from checks.manifest_schema import (
     VALIDATION_CATEGORY,
     VALIDATION_SPLIT,
 )
-from tasks.results import DatasetError, DatasetSpec
+from tasks.results.types import DatasetError, DatasetSpec
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,9 @@ from typing import Any, TypeVar
 import duckdb
 import pandas as pd
 
-from tasks.hardware import cpu_name
-from tasks.results import ModelResult, ValidationReport
+from tasks.results.types import ModelResult, ValidationReport
+from tasks.runtime.hardware import cpu_name
+from tasks.runtime.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -1015,7 +1016,7 @@ def _utcnow() -> datetime:
 
 def detect_code_version() -> str:
     """`git describe --always --dirty` of this checkout, else the package version."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO_ROOT
     try:
         out = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Literal
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.profiles import Profile
-from tasks.results import DatasetSpec, ModelResult
+from tasks.results.types import DatasetSpec, ModelResult
+from tasks.runtime.profiles import Profile
 
 if TYPE_CHECKING:  # training pulls in anomalib and torch: `prefect deploy` need not
-    from tasks.training import Progress
+    from tasks.training.coordinator import Progress
 
 ClusterKind = Literal["none", "local", "address", "cuda"]
 CLUSTER_HELP = "none | local:N | tcp://host:port | cuda"
@@ -192,7 +192,7 @@ def run_cell(
 ) -> ModelResult:
     """One (model, category) on whichever worker runs it; artifacts go to
     run_root/model/category and the result names the worker and device."""
-    from tasks.training import train_and_evaluate
+    from tasks.training.coordinator import train_and_evaluate
 
     run_root = Path(run_root)
     require_shared_paths(spec.category_dir(category), data_fingerprint, run_root)
