@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.data.decode import decode
 from tasks.data.resize import resize_image
-from tasks.inference.measure import decode
 
 
 def opencv_decode(path: Path, image_size: int) -> np.ndarray:

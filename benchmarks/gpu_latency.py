@@ -70,7 +70,7 @@ def prepare(model: EfficientAdModel, variant: str, device: str):
     """
     model = model.eval()
     if variant == "fp16-graph-path":
-        from tasks.inference.measure import torch_scorer
+        from tasks.inference.torch_backend import torch_scorer
 
         scorer = torch_scorer(model, device=device, precision="fp16", cuda_graph=True)
         return lambda host_image: scorer(host_image).anomaly_map

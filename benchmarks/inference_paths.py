@@ -1,8 +1,9 @@
 """Every inference path of PatchCore and EfficientAD-S beside anomalib's own, from one run.
 
-Trains each model with the quick profile on one category (`tasks.training.coordinator.train_and_evaluate`,
-the same cell the benchmark flow runs) with every inference path switched on, then prints
-per model and path: batch-1 p50/p95 (image file -> score, decode included), img/s, the
+Trains each model with the quick profile on one category
+(`tasks.training.coordinator.train_and_evaluate`, the same cell the benchmark flow runs)
+with every inference path switched on, then prints per model and path: batch-1 p50/p95
+(image file -> score, decode included), img/s, the
 image AUROC on the full test split and its difference from torch fp32, and the speed-up
 over anomalib's default torch path and anomalib's OpenVINO export. Then the targets of
 issue 10 (256 px, batch 1, decode included): EfficientAD-S >= 15 img/s and PatchCore

@@ -27,23 +27,15 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.inference_paths import _spec
-from tasks.inference.measure import (
-    _int8_fp32_scope,
-    _to_float,
-    compile_openvino,
-    decode,
-    openvino_model,
-    with_uint8_input,
-)
+from tasks.data.datamodule import validation_anomalies
+from tasks.data.decode import decode
+from tasks.inference.measure import _int8_fp32_scope, _to_float
+from tasks.inference.openvino_backend import compile_openvino, openvino_model, with_uint8_input
 from tasks.runtime.profiles import load_profile
-from tasks.training.coordinator import (
-    evaluate,
-    fit_with_recovery,
-    prepare,
-    quiet_training,
-    select,
-    validation_anomalies,
-)
+from tasks.runtime.quiet import quiet_training
+from tasks.training.attempts import fit_with_recovery, select
+from tasks.training.coordinator import evaluate
+from tasks.training.prepare import prepare
 
 
 def _scores(ov_model, images: list[np.ndarray]) -> np.ndarray:

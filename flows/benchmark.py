@@ -35,6 +35,7 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.data.datasets import expand_categories
+from tasks.models import registry
 from tasks.report.render import render_report
 from tasks.results.runs import (
     DEFAULT_DB,
@@ -50,19 +51,18 @@ from tasks.results.types import DatasetSpec, ModelResult
 from tasks.runtime.cluster import (
     CLUSTER_HELP,
     ClusterSpec,
-    cell_summary,
     listing_fingerprint,
     parse_cluster,
-    run_cell,
     task_runner_for,
 )
 from tasks.runtime.paths import artifact_dir
 from tasks.runtime.profiles import PROFILES, Profile, load_profile
 from tasks.runtime.retries import retry_transient_faults
 from tasks.training.cache import mark_cached, training_cache_key
+from tasks.training.cell import cell_summary, run_cell
 from tasks.validation.gate import DatasetValidationFailed, check_dataset
 
-MODELS = ("patchcore", "efficientad")
+MODELS = registry.names()
 
 
 class BenchmarkIncomplete(RuntimeError):
@@ -71,7 +71,7 @@ class BenchmarkIncomplete(RuntimeError):
 
 # Long stages that log from plain loggers: teacher distillation (first EfficientAD cell on
 # a host without a pretrained teacher) and the PatchCore coreset.
-UI_LOGGERS = ("tasks.models.efficientad.model", "tasks.models.patchcore.coreset")
+UI_LOGGERS = ("tasks.models.efficientad.teacher", "tasks.models.patchcore.coreset")
 
 
 @contextlib.contextmanager
@@ -114,7 +114,7 @@ def train_and_evaluate_task(
     data_fingerprint: str,
     run_id: str,
 ) -> ModelResult:
-    """One cell, on whichever worker the task runner picks; see `tasks.runtime.cluster.run_cell`.
+    """One cell, on whichever worker the task runner picks; see `tasks.training.cell.run_cell`.
     The cache key (tasks.training.cache) leaves `run_id` out, so a cached result keeps the id of
     the run that trained it."""
     logger = get_run_logger()
@@ -240,10 +240,8 @@ def benchmark(
     `cluster` says where cells run: none | local:N | tcp://host:port | cuda."""
     logger = get_run_logger()
     models = list(models or MODELS)
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
+    registry.check_models(models, settings)  # unknown names, bad settings: before the run
     where = parse_cluster(cluster)
     runner = task_runner_for(where)  # before the run starts: a host without GPUs says so here
     categories = expand_categories(dataset, categories)

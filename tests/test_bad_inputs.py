@@ -267,8 +267,8 @@ def test_file_in_hidden_folder_is_refused(make_dataset):
 
 
 def test_webp_test_image_is_validated_and_counted_by_training(make_dataset):
+    from tasks.data.datamodule import make_datamodule
     from tasks.runtime.profiles import load_profile
-    from tasks.training.coordinator import make_datamodule
 
     root = make_dataset()
     good = root / "widget" / "test" / "good"
@@ -365,8 +365,8 @@ def test_file_loose_in_a_split_folder_is_refused(make_dataset):
 
 def test_gate_lists_exactly_what_anomalib_globs_on_a_valid_dataset(make_dataset):
     """On data the gate passes, its files are exactly the files anomalib's Folder reads."""
+    from tasks.data.datamodule import make_datamodule
     from tasks.runtime.profiles import load_profile
-    from tasks.training.coordinator import make_datamodule
 
     root = make_dataset()
     spec = prepare_dataset("folder", root, None)

@@ -20,13 +20,13 @@ from tasks.runtime.cluster import (
     ClusterError,
     ClusterSpec,
     WorkerCannotSeePath,
-    cell_summary,
     listing_fingerprint,
     parse_cluster,
     require_shared_paths,
     task_runner_for,
     worker_identity,
 )
+from tasks.training.cell import cell_summary
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,10 @@ from datetime import datetime
 import duckdb
 from store_samples import model_result, validation_report
 
+from checks.rule_result import RuleResult
 from tasks.report.render import render_report
 from tasks.results.store.result_store import ResultStore
-from tasks.results.types import Recovery, RuleResult, StageOutcome
+from tasks.results.types import Recovery, StageOutcome
 from tasks.training.cache import mark_cached
 
 RUN = "run-h1"

@@ -15,7 +15,7 @@ from tasks.runtime.retries import is_transient, retry_transient_faults
 
 
 def training_failed() -> Exception:
-    from tasks.training.coordinator import TrainingFailed
+    from tasks.training.attempts import TrainingFailed
 
     attempt = TrainingAttempt(
         attempt=1, seed=0, learning_rate=1e-4, steps=17, end_reason="loss_spike", spike_step=17

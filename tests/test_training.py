@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+import tasks.data.datamodule as datamodules
 import tasks.training.coordinator as training
 from tasks.results.types import DatasetSpec
 from tasks.runtime.profiles import ValidationSettings, load_profile
@@ -267,12 +268,12 @@ def test_int8_calibration_anomalies_are_the_painted_validation_images(
     make_dataset, weights_dir, tmp_path
 ):
     root = make_dataset(n_train=8, n_test_good=2, defects={"scratch": 3})
-    datamodule, _, _ = training.make_datamodule(
+    datamodule, _, _ = datamodules.make_datamodule(
         _spec(root, True), "widget", _patchcore_profile(weights_dir), 1, work_dir=tmp_path
     )
     datamodule.setup()
 
-    anomalies = training.validation_anomalies(datamodule)
+    anomalies = datamodules.validation_anomalies(datamodule)
 
     assert len(anomalies) == 2 * 3  # 2 held-out training images, each painted 3 times
     assert all(p.parent == tmp_path / "validation" and p.is_file() for p in anomalies)

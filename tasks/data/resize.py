@@ -6,12 +6,10 @@ way: torchvision's bilinear resize **with antialiasing** (anomalib's default
 pre-processing), on float tensors inside the pre-processor and on decoded uint8 files
 before an inference path's model.
 
-Mixing resizes makes a benchmark compare resizes instead of models: the same EfficientAD
-weights on the real grid subset scored 0.727, 0.818 or 0.970 test image AUROC depending
-on the resize at test time alone. Antialiasing is the one kept because a 4x shrink of
-fine periodic textures (grid) without it aliases: trained and tested without it,
-PatchCore scored 0.848 image and 0.932 pixel AUROC on the real grid subset; with it,
-0.879 and 0.940 (quick profile, same seed).
+Mixing resizes makes a benchmark compare resizes instead of models: the same weights
+score very differently depending on the resize at test time alone. Antialiasing is the
+one kept because a 4x shrink of fine periodic textures (grid) without it aliases, and
+models trained and tested without it scored lower (docs/performance.md, resize).
 
 anomalib turns antialiasing off in its ONNX and OpenVINO exports. The inference paths
 therefore hand exported graphs images already at the model's size, where the graph's

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from checks.rule_result import RuleResult
+
 DatasetKind = Literal["demo", "mvtec", "folder"]
 
 
@@ -42,19 +44,6 @@ class DatasetSpec:
 
     def category_dir(self, category: str) -> Path:
         return self.root / category
-
-
-@dataclass(frozen=True)
-class RuleResult:
-    """One rule of one tool on one category (category "*" for dataset-wide rules)."""
-
-    tool: Literal["pandera", "great_expectations", "layout"]
-    category: str
-    rule: str  # stable name, e.g. "mask_matches_image_size"
-    passed: bool
-    failing_count: int
-    examples: list[str]  # file paths or values that broke the rule (a few)
-    message: str  # human-readable: what was expected
 
 
 @dataclass

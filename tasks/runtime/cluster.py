@@ -6,16 +6,13 @@ The `cluster` setting (flow parameter, CLI `--cluster`) is one of:
 - `tcp://host:8786`: an existing Dask scheduler, whose workers may sit on many machines;
 - `cuda`: `dask_cuda.LocalCUDACluster`, one worker per GPU of this host (extra `gpu`).
 
-Each cell is one unit of work on one worker and one device: it receives names, paths and
-settings, checks that its worker sees the dataset and the run's output folder (a shared
-filesystem), trains, and returns a `ModelResult` naming the worker and device.
+Each cell is one unit of work on one worker and one device (`tasks.training.cell`): it
+receives names, paths and settings, checks here that its worker sees the dataset and
+the run's output folder (a shared filesystem), trains, and names the worker and device.
 
 Example:
     >>> runner = task_runner_for(parse_cluster("local:2"))  # a Prefect task runner
     >>> some_flow.with_options(task_runner=runner)(...)  # its tasks' .submit() go there
-    >>> result = run_cell("patchcore", "grid", spec, profile, run_root, fingerprint)
-    >>> result.worker, result.device
-    ('1@tcp://10.0.0.7:40001', 'cuda:0 NVIDIA H100 80GB HBM3 (CUDA_VISIBLE_DEVICES=1)')
 """
 
 from __future__ import annotations
@@ -23,17 +20,11 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-
-from tasks.results.types import DatasetSpec, ModelResult
-from tasks.runtime.profiles import Profile
-
-if TYPE_CHECKING:  # training pulls in anomalib and torch: `prefect deploy` need not
-    from tasks.training.coordinator import Progress
 
 ClusterKind = Literal["none", "local", "address", "cuda"]
 CLUSTER_HELP = "none | local:N | tcp://host:port | cuda"
@@ -140,7 +131,7 @@ def worker_identity() -> str:
 
 
 def device_identity(device: str) -> str:
-    """`cpu`, or e.g. `cuda:0 NVIDIA H100 (CUDA_VISIBLE_DEVICES=3)` on a GPU worker."""
+    """`cpu`, or e.g. `cuda:0 <GPU name> (CUDA_VISIBLE_DEVICES=3)` on a GPU worker."""
     if not device.startswith("cuda"):
         return device
     import torch
@@ -179,35 +170,3 @@ def require_shared_paths(category_dir: Path, data_fingerprint: str, run_root: Pa
             f"worker {worker} cannot see output_dir: {run_root} (created by the flow) does "
             "not exist there; every worker needs output_dir at the same path"
         )
-
-
-def run_cell(
-    model_name: str,
-    category: str,
-    spec: DatasetSpec,
-    profile: Profile,
-    run_root: Path,
-    data_fingerprint: str,
-    progress: Progress | None = None,
-) -> ModelResult:
-    """One (model, category) on whichever worker runs it; artifacts go to
-    run_root/model/category and the result names the worker and device."""
-    from tasks.training.coordinator import train_and_evaluate
-
-    run_root = Path(run_root)
-    require_shared_paths(spec.category_dir(category), data_fingerprint, run_root)
-    result = train_and_evaluate(
-        model_name, category, spec, profile, run_root / model_name / category, progress=progress
-    )
-    return replace(result, worker=worker_identity(), device=device_identity(result.device))
-
-
-def cell_summary(result: ModelResult) -> str:
-    """One line per finished cell for the log and terminal."""
-    auroc = result.metrics.get("image_auroc")
-    shown = f"{auroc:.3f}" if isinstance(auroc, float) else "n/a"
-    line = (
-        f"{result.model}/{result.category}: image AUROC {shown}, fit {result.train_seconds:.1f} s, "
-        f"worker {result.worker}, device {result.device}"
-    )
-    return f"{line} (cached from run {result.cached_from})" if result.cached_from else line

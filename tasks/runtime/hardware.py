@@ -1,14 +1,14 @@
 """What a figure was measured on: the CPU's name and the features that decide which
 inference paths are fast, or the GPU's name.
 
-A latency figure depends on the hardware as much as on the model: PatchCore's int8 path
-was the fastest on an AVX-512 Xeon with VNNI and 1.5x slower than OpenVINO fp32 on an
-AVX2-only AMD EPYC. So every latency row records `device_name(device)`, and a run's
-environment records the CPU of the host that ran the flow.
+A latency figure depends on the hardware as much as on the model: which of int8 and
+fp32 is the faster path turns on the CPU's int8 dot-product units (docs/performance.md).
+So every latency row records `device_name(device)`, and a run's environment records the
+CPU of the host that ran the flow.
 
 Example:
     >>> device_name("cpu")  # doctest: +SKIP
-    'AMD EPYC, 2 cpus, AVX2'
+    'Example CPU 9000, 2 cpus, AVX2'
 """
 
 from __future__ import annotations

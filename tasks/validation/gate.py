@@ -17,9 +17,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from checks.rule_result import RuleResult
 from tasks.data.datasets import prepare_dataset
 from tasks.results.store.result_store import ResultStore
-from tasks.results.types import DatasetError, DatasetSpec, RuleResult, ValidationReport, printable
+from tasks.results.types import DatasetError, DatasetSpec, ValidationReport, printable
 from tasks.validation.rules import validate_dataset
 
 

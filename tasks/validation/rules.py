@@ -24,7 +24,8 @@ import pandera.pandas as pa
 
 from checks.dataset_expectations import run_dataset_suite
 from checks.manifest_schema import RULES, VALIDATION_CATEGORY, ManifestSchema
-from tasks.results.types import DatasetSpec, RuleResult, ValidationReport
+from checks.rule_result import RuleResult
+from tasks.results.types import DatasetSpec, ValidationReport
 from tasks.validation.manifest import build_manifest, build_validation_manifest
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ same losses, from the same random draws, cost less:
 
 `resolve_training_precision` picks bf16 autocast where the hardware runs it faster than
 fp32 (AMX tiles on a CPU, bf16 support on a GPU): on a CPU with AVX-512 BF16 but no AMX,
-bf16 convolutions measured 1.8x slower than fp32 (oneDNN avx512_core_bf16 kernels).
+oneDNN's bf16 convolutions are slower than its fp32 ones (docs/performance.md).
 
 Example:
     >>> loss_st, loss_ae, loss_stae = efficientad_losses(model.model, images, penalty)
@@ -68,10 +68,8 @@ def cpu_training_layout() -> torch.memory_format:
     kernels, contiguous (NCHW) elsewhere.
 
     oneDNN's convolutions and their gradients run at different speeds in the two layouts,
-    and which is quicker depends on the vector width. One EfficientAD-S step with these
-    losses (`python -m benchmarks.efficientad_train_speed --losses ours`): on a 2-core Xeon
-    with AVX-512, 1.31 s channels-last against 1.44 s contiguous; on a 2-core AMD EPYC
-    (Zen 3, AVX2), 3.71 s against 2.52 s.
+    and which is quicker depends on the vector width (measured with
+    `python -m benchmarks.efficientad_train_speed --losses ours`; docs/performance.md).
     """
     if torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return torch.channels_last

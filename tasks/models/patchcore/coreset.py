@@ -5,7 +5,7 @@ features chosen by greedy k-center selection (Sener & Savarese, ICLR 2018) on a 
 random projection of the features. anomalib's `KCenterGreedy` takes one step per
 coreset point, and each step computes the distance from the new center to every patch:
 a memory-bound pass over all features, one at a time (17,600 passes for a 10 % coreset
-of a real MVTec category's 176k patches, about 6 min on 2 cores).
+of a real MVTec category's 176k patches; `benchmarks/coreset_time.py` times both).
 
 `greedy_coreset_indices` selects the same points from the same start, but computes the
 distances for many future centers at once. The next center is always the patch farthest
