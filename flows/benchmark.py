@@ -69,9 +69,10 @@ class BenchmarkIncomplete(RuntimeError):
     """Some (model, category) produced no result; the others are stored."""
 
 
-# Long stages that log from plain loggers: teacher distillation (first EfficientAD cell on
-# a host without a pretrained teacher) and the PatchCore coreset.
-UI_LOGGERS = ("tasks.models.efficientad.teacher", "tasks.models.patchcore.coreset")
+# Long stages that log from plain loggers, e.g. EfficientAD's teacher distillation (its
+# first cell on a host without a pretrained teacher) and the PatchCore coreset: every
+# model's modules log under `tasks.models`, whose records then reach the task run's log.
+UI_LOGGERS = ("tasks.models",)
 
 
 @contextlib.contextmanager
