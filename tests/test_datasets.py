@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from tasks.data import datasets, demo_data
-from tasks.data.datasets import DEMO_CATEGORIES, prepare_dataset
+from tasks.data.datasets import prepare_dataset
+from tasks.data.demo_data import DEMO_CATEGORIES
 from tasks.results.types import DatasetError
 
 

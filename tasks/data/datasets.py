@@ -31,7 +31,6 @@ from tasks.runtime.paths import UnsafePath, plain_name
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_CATEGORIES", "MVTEC_CATEGORIES", "expand_categories", "prepare_dataset"]
 
 # anomalib.data.datasets.image.mvtecad.CATEGORIES, repeated to avoid importing torch here.
 MVTEC_CATEGORIES: tuple[str, ...] = (

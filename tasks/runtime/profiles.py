@@ -210,7 +210,7 @@ PROFILES: dict[str, dict] = {
             "throughput_batch": 1,
             "calibration_images": 8,
             "calibration_anomalies": 8,
-        },  # fmt: skip
+        },
     },
     "cpu": {"name": "cpu", "latency_iters": 30},
     "paper": {"name": "paper", "latency_iters": 200},
