@@ -8,7 +8,8 @@ AUROCs. What legitimately differs is left out or normalised:
   and the run counts that follow from time caps (timed and warm-up runs);
 - run ids, flow-run ids, absolute paths of the checkouts and output folders, and the
   process id in `worker`: replaced by placeholders;
-- `code_version`: reported, never an error on its own.
+- `code_version`: reported, never an error on its own; likewise an inference path's
+  AUROC that one side did not measure because its test pass ran past the time cap.
 
 Rows are matched by each table's natural key (`KEYS`), so an added row (e.g. one more
 inference path) shows as one extra row, not as every later row being different.
@@ -48,6 +49,10 @@ TIMING = {
     "warmup_runs",
 }
 REPORTED_ONLY = {"code_version"}
+# A path whose test pass ran past its time cap stores no AUROC, with this error: which
+# side that happens on depends on timing, so those columns are reported, not counted.
+TIME_CAP = "test pass exceeded time cap"
+CAPPED = {"image_auroc", "auroc_delta", "error"}
 KEYS = {
     "schema_version": ("version",),
     "runs": ("run_id",),
@@ -159,9 +164,16 @@ def compare(baseline: Path, candidate: Path, replacements: list[tuple[str, str]]
         a, b = keyed(rows_a), keyed(rows_b)
         missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         diffs: dict[str, list[str]] = {}
+        timed_out: list[str] = []
         for k in sorted(set(a) & set(b)):
+            capped = "error" in names_a and any(
+                TIME_CAP in str(row[names_a.index("error")]) for row in (a[k], b[k])
+            )
             for name, va, vb in zip(names_a, a[k], b[k], strict=True):
                 if name in TIMING or same(va, vb):
+                    continue
+                if capped and name in CAPPED:
+                    timed_out.append(f"{'/'.join(k)}.{name}: {va!r} -> {vb!r}")
                     continue
                 diffs.setdefault(name, []).append(f"{'/'.join(k)}: {va!r} -> {vb!r}")
         status = "same" if not (missing or extra or diffs) else "DIFFERS"
@@ -170,6 +182,8 @@ def compare(baseline: Path, candidate: Path, replacements: list[tuple[str, str]]
             print(f"  only in baseline: {'/'.join(k)}")
         for k in extra:
             print(f"  only in candidate: {'/'.join(k)}")
+        for example in timed_out:
+            print(f"  timing-dependent (a time cap cut one side's test pass): {example[:200]}")
         for name, examples in diffs.items():
             print(f"  column {name}: {len(examples)} rows differ, e.g.")
             for example in examples[:3]:
