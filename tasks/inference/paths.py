@@ -1,4 +1,4 @@
-"""The inference path registry: every path's name, its builder and its precision.
+"""The inference path registry: every path's name and its builder.
 
 A profile names the paths it times (`InferenceSettings.paths`, names from `PATHS`);
 `torch-fp32` is always measured first: it is the AUROC reference. A builder that finds
