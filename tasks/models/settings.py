@@ -1,7 +1,7 @@
 """What every model's settings hold, whatever the model (`ModelSettings`).
 
 Each model folder defines a pydantic settings class on this base, with its defaults,
-and the profiles' values for it (`tasks.models.registry.ModelEntry.profile_settings`).
+and the profiles' values for it (`tasks.models.entry.ModelEntry.profile_settings`).
 The pipeline reads only these fields; everything else is the model's own business.
 A model trained by gradient descent also has `lr`: each fresh restart multiplies it by
 the profile's `retry_lr_factor`.

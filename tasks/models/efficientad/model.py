@@ -62,7 +62,7 @@ class OfflineEfficientAd(EfficientAd):
     """anomalib's EfficientAd, reading its teacher and penalty images from local paths only.
 
     The two hooks that would download are replaced, and the training step computes
-    anomalib's losses with less work (`tasks.efficientad_training.efficientad_losses`);
+    anomalib's losses with less work (`tasks.models.efficientad.training.efficientad_losses`);
     inference is anomalib's. `penalty_random_crops` draws random crops instead of
     anomalib's centre crop, so a few photos still give varied penalty images.
     """
@@ -124,7 +124,7 @@ class OfflineEfficientAd(EfficientAd):
 
     def training_step(self, batch, *args, **kwargs) -> dict[str, torch.Tensor]:
         """anomalib's training step, with its losses from `efficientad_losses` (same
-        losses, less work: see tasks.efficientad_training)."""
+        losses, less work: see tasks.models.efficientad.training)."""
         del args, kwargs
         try:
             penalty = next(self.imagenet_iterator)[0].to(self.device)
