@@ -37,8 +37,10 @@ demo: install
 down:
 	$(PY) -m scripts.stack down
 
+# lint-imports first: a crossed layer (pyproject.toml, [tool.importlinter]) fails the run
 test: install browser
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/lint-imports

@@ -33,12 +33,14 @@ from anomalib.engine import Engine
 from anomalib.models import EfficientAd
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from tasks.demo_data import ensure_demo_dataset
-from tasks.efficientad_offline import build_efficientad
-from tasks.efficientad_training import resolve_training_precision
-from tasks.profiles import load_profile
-from tasks.results import DatasetSpec
-from tasks.training import make_datamodule, quiet_training
+from tasks.data.datamodule import make_datamodule
+from tasks.data.demo_data import ensure_demo_dataset
+from tasks.models.efficientad.model import build_efficientad
+from tasks.models.efficientad.training import resolve_training_precision
+from tasks.models.registry import settings_for
+from tasks.results.types import DatasetSpec
+from tasks.runtime.profiles import load_profile
+from tasks.runtime.quiet import quiet_training
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "clean_loss_curves"
 LOSS_NAMES = ("train_st", "train_ae", "train_stae", "train_loss")
@@ -118,7 +120,7 @@ def main() -> None:
     if args.weights_dir:
         overrides["weights_dir"] = args.weights_dir
     profile = load_profile("quick", overrides)
-    settings = profile.efficientad
+    settings = settings_for("efficientad", profile)
     precision = resolve_training_precision(settings.training_precision, "cpu")
     out = args.out or DATA_DIR / f"efficientad_{args.category}_seed{args.seed}.csv.gz"
     header = (

@@ -119,7 +119,7 @@ def main() -> None:
     overrides = json.loads(args.overrides) if args.overrides else {}
 
     sys.path.insert(0, str(REPO))
-    from tasks.demo_data import ensure_demo_dataset
+    from tasks.data.demo_data import ensure_demo_dataset
 
     print(f"{os.cpu_count()} CPU cores; {args.models} x {args.categories}, quick profile")
     if args.overrides:

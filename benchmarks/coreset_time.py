@@ -1,5 +1,5 @@
-"""Time PatchCore's 10 % coreset (tasks.coreset) on a real-category-sized patch set, and
-compare it with anomalib's greedy k-center.
+"""Time PatchCore's 10 % coreset (tasks.models.patchcore.coreset) on a real-category-sized
+patch set, and compare it with anomalib's greedy k-center.
 
 Features: PatchCore's embedding as the quick profile computes it (offline
 EfficientNet-Lite0, blocks.2 + blocks.4: 152 dims, 256 px images, 1,024 patches an image)
@@ -44,14 +44,15 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.backbones import build_patchcore  # noqa: E402
-from tasks.coreset import (  # noqa: E402
+from tasks.data.decode import load_images  # noqa: E402
+from tasks.models.patchcore.coreset import (  # noqa: E402
     _augmented_points,
     fast_coreset_indices,
     greedy_coreset_indices,
 )
-from tasks.profiles import load_profile  # noqa: E402
-from tasks.speed import load_image  # noqa: E402
+from tasks.models.patchcore.model import build_patchcore  # noqa: E402
+from tasks.models.registry import settings_for  # noqa: E402
+from tasks.runtime.profiles import load_profile  # noqa: E402
 
 GRID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad_subset" / "grid"
 REAL_CATEGORY_IMAGES = 172  # MVTec AD grid has 264 train images, carpet 280, bottle 209 ...
@@ -108,7 +109,11 @@ def image_auroc(model, memory_bank: torch.Tensor) -> float:
     scores, labels = [], []
     for path in sorted((GRID / "test").rglob("*.png")):
         with torch.inference_mode():
-            scores.append(float(torch_model(load_image(path, 256, model)).pred_score))
+            scores.append(
+                float(
+                    torch_model(model.pre_processor.transform(load_images([path], 256))).pred_score
+                )
+            )
         labels.append(int(path.parent.name != "good"))
     return float(roc_auc_score(labels, scores))
 
@@ -160,7 +165,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, provenance = build_patchcore(load_profile("quick").patchcore)
+    model, provenance = build_patchcore(settings_for("patchcore", load_profile("quick")))
     train = sorted((GRID / "train" / "good").glob("*.png"))
     print(
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
@@ -181,7 +186,9 @@ def real_size(model, train: list[Path], ratio: float, steps: int) -> None:
     size = int(len(real) * ratio)
     print(f"\n[real size] embedding {tuple(real.shape)}, {ratio:.0%} coreset = {size}")
     _, wall, cpu = timed(greedy_coreset_indices, real, size, 0)
-    print(f"tasks.coreset           {wall:7.1f} s wall {cpu:7.1f} s CPU (full run)")
+    print(
+        f"tasks.models.patchcore.coreset           {wall:7.1f} s wall {cpu:7.1f} s CPU (full run)"
+    )
     _, ref_wall, ref_cpu = timed(anomalib_steps, real, steps, 0)
     ref_wall, ref_cpu = ref_wall / steps * size, ref_cpu / steps * size
     print(

@@ -2,7 +2,7 @@
 
 Every inference path starts from the image file, so on real MVTec AD images (700 to
 1024 px PNGs) decoding is a large share of the batch-1 latency. Prints, per category,
-the median time over its test images of `tasks.inference.decode` (libspng for colour
+the median time over its test images of `tasks.data.decode.decode` (libspng for colour
 PNGs, OpenCV for the rest, then the models' resize) and of the same with OpenCV's
 `imread` for every file, and checks that both give the same pixels.
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.inference import decode
-from tasks.resize import resize_image
+from tasks.data.decode import decode
+from tasks.data.resize import resize_image
 
 
 def opencv_decode(path: Path, image_size: int) -> np.ndarray:

@@ -26,17 +26,23 @@ from anomalib.engine import Engine
 from scipy.stats import spearmanr
 from torchmetrics.functional.classification import binary_auroc
 
-from tasks.efficientad_offline import build_efficientad, efficientad_inference, load_images
-from tasks.inference import bf16_support, openvino_bf16_support
-from tasks.profiles import load_profile
-from tasks.results import LatencyResult
+from tasks.data.decode import load_images
+from tasks.inference.openvino_backend import openvino_bf16_support
+from tasks.inference.torch_backend import bf16_support
+from tasks.models.efficientad.model import build_efficientad
+from tasks.models.efficientad.scoring import efficientad_inference
+from tasks.models.registry import settings_for
+from tasks.results.types import LatencyResult
+from tasks.runtime.profiles import load_profile
 
 SHARED_MVTEC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad_subset"
 REPO = Path(__file__).resolve().parents[1]
 
 
 def train(root: Path, category: str, steps: int, cache: Path):
-    settings = load_profile("quick", {"efficientad": {"max_steps": steps}}).efficientad
+    settings = settings_for(
+        "efficientad", load_profile("quick", {"efficientad": {"max_steps": steps}})
+    )
     model, provenance = build_efficientad(settings, cache, visualizer=False)
     datamodule = MVTecAD(
         root=root, category=category, train_batch_size=1, eval_batch_size=8, num_workers=0

@@ -1,5 +1,5 @@
 """EfficientAD-S training step time on CPU: anomalib's losses against
-tasks.efficientad_training's (same losses, less work), in fp32 and bf16 autocast,
+tasks.models.efficientad.training's (same losses, less work), in fp32 and bf16 autocast,
 with contiguous (NCHW) or channels-last (NHWC) tensors.
 
 One step = losses, backward and Adam update at 256 px, batch 1, the way both run inside
@@ -24,13 +24,13 @@ import time
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-from tasks.efficientad_training import (
+from tasks.models.efficientad.training import (
     TeacherCache,
     cpu_has_amx,
     cpu_training_layout,
     efficientad_losses,
 )
-from tasks.hardware import cpu_has_bf16
+from tasks.runtime.hardware import cpu_has_bf16
 
 
 def step_seconds(

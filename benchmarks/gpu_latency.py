@@ -9,7 +9,7 @@ the anomaly map back to the host inside each timed run. This script times anomal
 - fp32 and bf16, channels-last, and a CUDA-graph build (`torch.compile`, reduce-overhead);
   fp16 and bf16 run under autocast (see `prepare`);
 - the benchmark's own `torch-fp16-graph` inference path (fp16 autocast, CUDA graphs
-  captured by `tasks.inference.CudaGraphed`, no compilation), decode left out;
+  captured by `tasks.inference.torch_backend.CudaGraphed`, no compilation), decode left out;
 - throughput at batch 16;
 - each variant's map against eager fp32's, same weights and image (max difference over
   the fp32 map's largest value), so a fast variant that computes something else shows;
@@ -45,7 +45,7 @@ VARIANTS = (
     "fp16-channels-last",
     "fp16-cuda-graph",
     "fp32-cuda-graph",
-    "fp16-graph-path",  # the benchmark's own torch-fp16-graph path (tasks.inference)
+    "fp16-graph-path",  # the benchmark's own torch-fp16-graph path (tasks.inference.torch_backend)
 )
 
 
@@ -70,7 +70,7 @@ def prepare(model: EfficientAdModel, variant: str, device: str):
     """
     model = model.eval()
     if variant == "fp16-graph-path":
-        from tasks.inference import torch_scorer
+        from tasks.inference.torch_backend import torch_scorer
 
         scorer = torch_scorer(model, device=device, precision="fp16", cuda_graph=True)
         return lambda host_image: scorer(host_image).anomaly_map

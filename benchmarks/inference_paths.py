@@ -1,8 +1,9 @@
 """Every inference path of PatchCore and EfficientAD-S beside anomalib's own, from one run.
 
-Trains each model with the quick profile on one category (`tasks.training.train_and_evaluate`,
-the same cell the benchmark flow runs) with every inference path switched on, then prints
-per model and path: batch-1 p50/p95 (image file -> score, decode included), img/s, the
+Trains each model with the quick profile on one category
+(`tasks.training.coordinator.train_and_evaluate`, the same cell the benchmark flow runs)
+with every inference path switched on, then prints per model and path: batch-1 p50/p95
+(image file -> score, decode included), img/s, the
 image AUROC on the full test split and its difference from torch fp32, and the speed-up
 over anomalib's default torch path and anomalib's OpenVINO export. Then the targets of
 issue 10 (256 px, batch 1, decode included): EfficientAD-S >= 15 img/s and PatchCore
@@ -28,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from tasks.hardware import device_name
-from tasks.profiles import ALL_INFERENCE_PATHS, load_profile
-from tasks.results import AUROC_TOLERANCE, DatasetSpec, LatencyResult, deployable
-from tasks.training import train_and_evaluate
+from tasks.results.types import AUROC_TOLERANCE, DatasetSpec, LatencyResult, deployable
+from tasks.runtime.hardware import device_name
+from tasks.runtime.profiles import ALL_INFERENCE_PATHS, load_profile
+from tasks.training.coordinator import train_and_evaluate
 
 TARGET_IPS = {"efficientad": 15.0, "patchcore": 40.0}
 TARGET_ANOMALIB_TORCH_RATIO = 3.0
@@ -39,7 +40,7 @@ TARGET_ANOMALIB_TORCH_RATIO = 3.0
 
 def _spec(dataset: str, data_root: Path | None, category: str, work: Path) -> DatasetSpec:
     if dataset == "demo":
-        from tasks.demo_data import ensure_demo_dataset
+        from tasks.data.demo_data import ensure_demo_dataset
 
         root = ensure_demo_dataset(data_root or work / "demo")
         return DatasetSpec(kind="demo", root=root, categories=(category,))

@@ -3,8 +3,9 @@
 Trains one quick-profile model on one category (the flow's own stages), then scores the
 whole test split with the fp32 OpenVINO graph and with two int8 graphs of it:
 - `nncf-default`: NNCF's default ranges (mean of per-image extremes) on training images;
-- `product`: what `openvino-int8` does (`tasks.inference.openvino_model`): training images
-  and validation anomalies, overall min/max ranges widened `ACTIVATION_RANGE_MARGIN` times.
+- `product`: what `openvino-int8` does (`tasks.inference.openvino_backend.openvino_model`):
+  training images and validation anomalies, overall min/max ranges widened
+  `ACTIVATION_RANGE_MARGIN` times.
 Prints, per graph, the largest and mean score error as a share of the fp32 scores' range,
 the correlation with the fp32 scores and the test image AUROC change. No timing here:
 `benchmarks/inference_paths.py` times the paths.
@@ -27,23 +28,20 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.inference_paths import _spec
-from tasks.inference import (
-    _int8_fp32_scope,
-    _to_float,
+from tasks.data.datamodule import validation_anomalies
+from tasks.data.decode import decode, load_images
+from tasks.inference.openvino_backend import (
     compile_openvino,
-    decode,
+    int8_fp32_scope,
     openvino_model,
     with_uint8_input,
 )
-from tasks.profiles import load_profile
-from tasks.training import (
-    evaluate,
-    fit_with_recovery,
-    prepare,
-    quiet_training,
-    select,
-    validation_anomalies,
-)
+from tasks.models import registry
+from tasks.runtime.profiles import load_profile
+from tasks.runtime.quiet import quiet_training
+from tasks.training.attempts import fit_with_recovery, select
+from tasks.training.coordinator import evaluate
+from tasks.training.prepare import prepare
 
 
 def _scores(ov_model, images: list[np.ndarray]) -> np.ndarray:
@@ -74,17 +72,18 @@ def main() -> None:
     train = prep.train_paths[: settings.calibration_images]
     anomalies = validation_anomalies(prep.datamodule)[: settings.calibration_anomalies]
 
-    reference = _scores(openvino_model(model, size), test)
+    deployment = registry.get(args.model).deployment  # the exported form, as the paths use
+    reference = _scores(openvino_model(model, size, deployment=deployment), test)
     span = reference.max() - reference.min()
     nncf.set_log_level(logging.WARNING)
     default = nncf.quantize(
-        openvino_model(model, size),
-        nncf.Dataset([im[None].numpy() for im in _to_float([decode(p, size) for p in train])]),
+        openvino_model(model, size, deployment=deployment),
+        nncf.Dataset([im[None].numpy() for im in load_images(train, size)]),
         subset_size=len(train),
-        ignored_scope=_int8_fp32_scope(model),
+        ignored_scope=int8_fp32_scope(deployment),
     )
     product = openvino_model(
-        model, size, calibration_images=_to_float([decode(p, size) for p in train + anomalies])
+        model, size, calibration_images=load_images(train + anomalies, size), deployment=deployment
     )
     print(
         f"\n{args.model} on {args.dataset}/{args.category}: fp32 test image AUROC "

@@ -1,10 +1,13 @@
 """Inference latency and throughput of PatchCore and EfficientAD on 2 CPU cores.
 
-Each model is trained quickly (quick profile) on one demo category, then timed with
-`tasks.speed.measure_latency` (decode + resize + normalise + forward incl. anomaly map
-and score; fp32 and bf16) next to anomalib's own test path (`Engine.test` wall time per
-test image, which adds Lightning, metrics and post-processing). Goal: PatchCore >= 20
-images/s at 256x256, decode included.
+Each model is trained quickly (quick profile) on one demo category, then its torch-fp32
+and torch-bf16 inference paths are timed with the benchmark's own timer
+(`tasks.inference.timing.time_path`: decode + resize + normalise + forward incl. anomaly
+map and score) next to anomalib's own test path (`Engine.test` wall time per test
+image, which adds Lightning, metrics and post-processing). Peak memory: on CUDA,
+`torch.cuda.max_memory_allocated`; on CPU the process's resident set size sampled every
+20 ms, minus its size just before timing. Goal: PatchCore >= 20 images/s at 256x256,
+decode included.
 
 Usage: python benchmarks/latency.py [--category demo_grid] [--iters 30] [--threads 2]
                                    [--skip-efficientad]
@@ -14,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +31,54 @@ from anomalib.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.backbones import build_patchcore  # noqa: E402
-from tasks.demo_data import ensure_demo_dataset  # noqa: E402
-from tasks.profiles import load_profile  # noqa: E402
-from tasks.speed import measure_latency  # noqa: E402
+from tasks.data.demo_data import ensure_demo_dataset  # noqa: E402
+from tasks.inference.path_types import PathContext, PathUnsupported  # noqa: E402
+from tasks.inference.paths import BUILDERS  # noqa: E402
+from tasks.inference.timing import p95, time_path  # noqa: E402
+from tasks.models import registry  # noqa: E402
+from tasks.models.entry import BuildContext  # noqa: E402
+from tasks.runtime.profiles import InferenceSettings, load_profile  # noqa: E402
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
+
+
+class _PeakMemory:
+    """Peak extra memory in MB over a block: CUDA allocator peak, or sampled CPU RSS."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = self._peak = _rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, _rss_bytes())
+        self.peak_mb = max(0, peak - self._base) / 2**20
 
 
 def datamodule(category_dir: Path, batch_size: int) -> Folder:
@@ -46,13 +96,11 @@ def datamodule(category_dir: Path, batch_size: int) -> Folder:
 
 
 def build(name: str, profile, cache: Path):
-    if name == "patchcore":
-        model, _ = build_patchcore(profile.patchcore)
-        return model, profile.patchcore.train_batch_size, {}
-    from tasks.efficientad_offline import build_efficientad
-
-    model, _ = build_efficientad(profile.efficientad, cache)
-    return model, profile.efficientad.train_batch_size, {"max_steps": profile.efficientad.max_steps}
+    """The model untrained, its settings, and its Lightning trainer arguments."""
+    entry = registry.get(name)
+    settings = entry.settings_for(profile)
+    model, _ = entry.build(settings, BuildContext(cache, "cpu"))
+    return model, settings, entry.trainer_args(settings, "cpu")
 
 
 def main() -> None:
@@ -80,9 +128,9 @@ def main() -> None:
             print(f"{name:12} skipped (--skip-efficientad)")
             continue
         try:
-            model, batch_size, trainer_args = build(name, profile, work / "cache")
+            model, settings, trainer_args = build(name, profile, work / "cache")
         except ImportError as err:
-            print(f"{name:12} skipped: tasks.efficientad_offline not available ({err})")
+            print(f"{name:12} skipped: tasks.models.efficientad.model not available ({err})")
             continue
         engine = Engine(
             default_root_dir=work / name,
@@ -91,21 +139,29 @@ def main() -> None:
             enable_progress_bar=False,
             **trainer_args,
         )
-        data = datamodule(category_dir, batch_size)
+        data = datamodule(category_dir, settings.train_batch_size)
         engine.fit(model=model, datamodule=data)
-        for precision in ("fp32", "bf16"):
-            for r in measure_latency(
-                model,
-                test_images,
-                profile.patchcore.image_size,
-                args.batch_size,
-                args.iters,
-                precision=precision,
-            ):
-                print(
-                    f"{name:12} {r.path:14} {r.precision:5} {r.p50_ms:8.1f} {r.p95_ms:8.1f} "
-                    f"{r.throughput_ips:7.1f} {r.batch_size:5d} {r.peak_memory_mb:6.0f}"
-                )
+        timing = InferenceSettings(
+            timed_runs=args.iters,
+            max_seconds_per_path=3600,
+            warmup_runs=3,
+            throughput_batch=args.batch_size,
+            throughput_rounds=max(1, args.iters // args.batch_size),
+        )
+        ctx = PathContext(model.eval(), settings.image_size, [], work / "paths", timing, "cpu", 0)
+        for path in ("torch-fp32", "torch-bf16"):
+            try:
+                built = BUILDERS[path](ctx)
+            except PathUnsupported as why:
+                print(f"{name:12} {path:14} skipped: {why}")
+                continue
+            with _PeakMemory("cpu") as memory:
+                t = time_path(built, test_images, timing)
+            print(
+                f"{name:12} {path:14} {built.precision:5} {statistics.median(t.single_ms):8.1f} "
+                f"{p95(t.single_ms):8.1f} {t.throughput_ips:7.1f} {t.throughput_batch:5d} "
+                f"{memory.peak_mb:6.0f}"
+            )
         start = time.perf_counter()
         engine.test(model=model, datamodule=data, verbose=False)
         per_image = (time.perf_counter() - start) / len(test_images)

@@ -25,11 +25,14 @@ from pathlib import Path
 
 import torch
 
-from tasks.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
-from tasks.loss_spikes import LossSpikeDetector
-from tasks.profiles import SpikeSettings, load_profile
-from tasks.results import DatasetSpec
-from tasks.training import fit_attempt, make_datamodule, quiet_training
+from tasks.data.datamodule import make_datamodule
+from tasks.data.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
+from tasks.models.registry import settings_for
+from tasks.results.types import DatasetSpec
+from tasks.runtime.profiles import SpikeSettings, load_profile
+from tasks.runtime.quiet import quiet_training
+from tasks.training.attempts import fit_attempt
+from tasks.training.loss_spikes import LossSpikeDetector
 from tests.spike_injection import LearningRateBlowUp
 
 DETECTION_WINDOW = 3  # steps after the injection within which a flag counts as detection
@@ -127,8 +130,9 @@ def main() -> None:
         overrides["efficientad"]["teacher_distill_steps"] = args.teacher_distill_steps
     profile = load_profile("quick", overrides)
     datamodule, _, _ = make_datamodule(spec, args.category, profile, train_batch_size=1)
+    settings = settings_for("efficientad", profile)
     print(
-        f"EfficientAD-{profile.efficientad.model_size}, {args.steps} steps, category "
+        f"EfficientAD-{settings.model_size}, {args.steps} steps, category "
         f"{args.category}, detector {profile.spike.model_dump()}, torch threads "
         f"{torch.get_num_threads()}"
     )
@@ -144,12 +148,12 @@ def main() -> None:
                     "efficientad",
                     i + 1,
                     seed,
-                    profile.efficientad,
+                    settings,
                     datamodule,
                     profile,
                     work / "runs" / f"seed{seed}_{'spike' if inject else 'clean'}",
                     callbacks,
-                    {"max_steps": args.steps, "precision": profile.efficientad.training_precision},
+                    {"max_steps": args.steps, "precision": settings.training_precision},
                 )
                 # the first event: a rollback, or a stop for a fresh restart
                 event = watcher.recoveries[0] if watcher.recoveries else watcher.spike

@@ -69,9 +69,9 @@ def main() -> None:
               "(not timed)")  # fmt: skip
 
         start = time.perf_counter()
-        from tasks.manifest import build_manifest
-        from tasks.results import DatasetSpec
-        from tasks.validation import validate_manifest
+        from tasks.results.types import DatasetSpec
+        from tasks.validation.manifest import build_manifest
+        from tasks.validation.rules import validate_manifest
 
         spec = DatasetSpec(kind="folder", root=root, categories=CATEGORIES)
         imports = time.perf_counter() - start

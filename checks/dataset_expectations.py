@@ -21,12 +21,28 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
-from tasks.results import DatasetSpec, RuleResult
+from checks.rule_result import RuleResult
 
 log = logging.getLogger(__name__)
+
+
+class DatasetLayout(Protocol):
+    """What the suite reads of a dataset: its kind, its categories and where each lives
+    (the validation stage's `DatasetSpec` is one)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def categories(self) -> tuple[str, ...]: ...
+
+    def category_dir(self, category: str) -> Path: ...
+
 
 # MVTec AD official counts per category: (train good, test good, test defective).
 OFFICIAL_COUNTS: dict[str, tuple[int, int, int]] = {
@@ -92,7 +108,7 @@ def _count_status(counts: tuple[int, int, int], official: tuple[int, int, int] |
     return "exceeds_official"
 
 
-def _category_table(manifest: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+def _category_table(manifest: pd.DataFrame, spec: DatasetLayout) -> pd.DataFrame:
     rows = []
     for category in spec.categories:
         own = manifest[manifest["category"] == category]
@@ -153,7 +169,7 @@ def _unexpected_keys(outcome, key: str) -> list[str]:
 
 
 def run_dataset_suite(
-    manifest: pd.DataFrame, spec: DatasetSpec, min_images: Mapping[str, int] | None = None
+    manifest: pd.DataFrame, spec: DatasetLayout, min_images: Mapping[str, int] | None = None
 ) -> tuple[list[RuleResult], list[str]]:
     """Run the dataset-level GX suite; one RuleResult per (category, rule), plus notes."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no phoning home offline

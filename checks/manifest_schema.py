@@ -81,7 +81,7 @@ def _is_file(df: pd.DataFrame) -> pd.Series:
 
 
 class ManifestSchema(pa.DataFrameModel):
-    """One row per file, as built by `tasks.manifest.build_manifest`."""
+    """One row per file, as built by `tasks.validation.manifest.build_manifest`."""
 
     category: Series[str]
     split: Series[str]

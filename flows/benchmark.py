@@ -5,7 +5,7 @@ store every result in DuckDB, and render the HTML comparison report.
     python -m flows.benchmark --dataset mvtec --categories all --cluster tcp://sched:8786
 
 It exits 0 when every (model, category) produced results. Cells run in this process or
-on a Dask cluster (`--cluster`, see tasks.cluster); either way the flow is the only
+on a Dask cluster (`--cluster`, see tasks.runtime.cluster); either way the flow is the only
 writer of the DuckDB file: cells return values and the flow stores each one as it
 completes, one transaction per cell. A cell whose training or storing fails is listed in
 the run's `error`, the other cells go on, and the run ends `incomplete` (or `failed`
@@ -34,24 +34,10 @@ from prefect.client.orchestration import get_client
 from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.cache import mark_cached, training_cache_key
-from tasks.cluster import (
-    CLUSTER_HELP,
-    ClusterSpec,
-    cell_summary,
-    listing_fingerprint,
-    parse_cluster,
-    run_cell,
-    task_runner_for,
-)
-from tasks.datasets import expand_categories
-from tasks.gate import DatasetValidationFailed, check_dataset
-from tasks.paths import artifact_dir
-from tasks.profiles import PROFILES, Profile, load_profile
-from tasks.report import render_report
-from tasks.results import DatasetSpec, ModelResult
-from tasks.retries import retry_transient_faults
-from tasks.runs import (
+from tasks.data.datasets import expand_categories
+from tasks.models import registry
+from tasks.report.render import render_report
+from tasks.results.runs import (
     DEFAULT_DB,
     close_abandoned_runs,
     describe_run,
@@ -60,18 +46,33 @@ from tasks.runs import (
     run_status,
     split_list,
 )
-from tasks.store import DEFAULT_LOCK_TIMEOUT_S, ResultStore
+from tasks.results.store.result_store import DEFAULT_LOCK_TIMEOUT_S, ResultStore
+from tasks.results.types import DatasetSpec, ModelResult
+from tasks.runtime.cluster import (
+    CLUSTER_HELP,
+    ClusterSpec,
+    listing_fingerprint,
+    parse_cluster,
+    task_runner_for,
+)
+from tasks.runtime.paths import artifact_dir
+from tasks.runtime.profiles import PROFILES, Profile, load_profile
+from tasks.runtime.retries import retry_transient_faults
+from tasks.training.cache import mark_cached, training_cache_key
+from tasks.training.cell import cell_summary, run_cell
+from tasks.validation.gate import DatasetValidationFailed, check_dataset
 
-MODELS = ("patchcore", "efficientad")
+MODELS = registry.names()
 
 
 class BenchmarkIncomplete(RuntimeError):
     """Some (model, category) produced no result; the others are stored."""
 
 
-# Long stages that log from plain loggers: teacher distillation (first EfficientAD cell on
-# a host without a pretrained teacher) and the PatchCore coreset.
-UI_LOGGERS = ("tasks.efficientad_offline", "tasks.coreset")
+# Long stages that log from plain loggers, e.g. EfficientAD's teacher distillation (its
+# first cell on a host without a pretrained teacher) and the PatchCore coreset: every
+# model's modules log under `tasks.models`, whose records then reach the task run's log.
+UI_LOGGERS = ("tasks.models",)
 
 
 @contextlib.contextmanager
@@ -114,8 +115,8 @@ def train_and_evaluate_task(
     data_fingerprint: str,
     run_id: str,
 ) -> ModelResult:
-    """One cell, on whichever worker the task runner picks; see `tasks.cluster.run_cell`.
-    The cache key (tasks.cache) leaves `run_id` out, so a cached result keeps the id of
+    """One cell, on whichever worker the task runner picks; see `tasks.training.cell.run_cell`.
+    The cache key (tasks.training.cache) leaves `run_id` out, so a cached result keeps the id of
     the run that trained it."""
     logger = get_run_logger()
     artifact_id = create_progress_artifact(
@@ -240,10 +241,8 @@ def benchmark(
     `cluster` says where cells run: none | local:N | tcp://host:port | cuda."""
     logger = get_run_logger()
     models = list(models or MODELS)
-    unknown = sorted(set(models) - set(MODELS))
-    if unknown:
-        raise ValueError(f"unknown models {unknown}: choose from {list(MODELS)}")
     settings = load_profile(profile, overrides)
+    registry.check_models(models, settings)  # unknown names, bad settings: before the run
     where = parse_cluster(cluster)
     runner = task_runner_for(where)  # before the run starts: a host without GPUs says so here
     categories = expand_categories(dataset, categories)

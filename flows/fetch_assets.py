@@ -66,7 +66,8 @@ from tasks.assets import (
     required_assets,
     resolve_asset,
 )
-from tasks.profiles import PROFILES, load_profile
+from tasks.models.registry import settings_view
+from tasks.runtime.profiles import PROFILES, load_profile
 
 DEFAULT_MODELS = tuple(MODEL_NEEDS)
 # a fetch ahead waits longer for a source than a benchmark's pre-flight check does
@@ -108,7 +109,7 @@ def plan_fetch(
     """What `profile` + `models` (+ `dataset`) need, every asset to be had ('required')."""
     settings = AssetSettings(download="required", dir=dest, timeout_s=timeout_s)
     return required_assets(
-        load_profile(profile, overrides),
+        settings_view(load_profile(profile, overrides)),
         list(models or DEFAULT_MODELS),
         dataset,
         categories,

@@ -15,9 +15,9 @@ import sys
 
 from prefect import flow
 
-from tasks.gate import DatasetValidationFailed, check_dataset
-from tasks.runs import DEFAULT_DB, describe_run, mark_run_ended, open_run, split_list
-from tasks.store import DEFAULT_LOCK_TIMEOUT_S
+from tasks.results.runs import DEFAULT_DB, describe_run, mark_run_ended, open_run, split_list
+from tasks.results.store.result_store import DEFAULT_LOCK_TIMEOUT_S
+from tasks.validation.gate import DatasetValidationFailed, check_dataset
 
 
 @flow(

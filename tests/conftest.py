@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.results import DatasetSpec
+from tasks.models.registry import settings_for
+from tasks.results.types import DatasetSpec
 
 SHARED_MVTEC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad_subset"
 
@@ -50,15 +51,15 @@ def cpu_engine(work_dir: Path, **trainer_args):
 def fit_patchcore(root: Path, image_size: int, work_dir: Path, raw_scores: bool = False):
     """A PatchCore (offline backbone, quick profile) fitted at `image_size` on category
     `widget` of a `build_mvtec_layout` dataset; `raw_scores` as the benchmark stores them."""
-    from tasks.backbones import build_patchcore
-    from tasks.evaluation import raw_score_post_processor
-    from tasks.profiles import load_profile
-    from tasks.training import make_datamodule
+    from tasks.data.datamodule import make_datamodule
+    from tasks.models.patchcore.model import build_patchcore
+    from tasks.runtime.profiles import load_profile
+    from tasks.training.evaluation import raw_score_post_processor
 
     profile = load_profile("quick", {"patchcore": {"image_size": image_size}})
     spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
     datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
-    model, _ = build_patchcore(profile.patchcore)
+    model, _ = build_patchcore(settings_for("patchcore", profile))
     if raw_scores:
         model.post_processor = raw_score_post_processor()
     cpu_engine(work_dir).fit(model, datamodule=datamodule)
@@ -120,7 +121,7 @@ def tiny_spec(make_dataset) -> DatasetSpec:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The generated demo dataset (all DEMO_CATEGORIES), once per test session."""
-    from tasks.demo_data import ensure_demo_dataset
+    from tasks.data.demo_data import ensure_demo_dataset
 
     return ensure_demo_dataset(tmp_path_factory.mktemp("demo") / "demo")
 

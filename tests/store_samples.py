@@ -10,14 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from tasks.results import (
-    LatencyResult,
-    ModelResult,
-    RuleResult,
-    TrainingAttempt,
-    ValidationReport,
-)
-from tasks.store import ResultStore
+from checks.rule_result import RuleResult
+from tasks.results.store.result_store import ResultStore
+from tasks.results.types import LatencyResult, ModelResult, TrainingAttempt, ValidationReport
 
 CATEGORIES = ["demo_grid", "demo_leather"]
 MODELS = ["patchcore", "efficientad"]

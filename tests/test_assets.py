@@ -35,7 +35,8 @@ from tasks.assets import (
     timm_backbone,
 )
 from tasks.assets.base import sha256_of
-from tasks.profiles import load_profile
+from tasks.models.registry import settings_view
+from tasks.runtime.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 RESNET18_REPO = "timm/resnet18.a1_in1k"  # timm's hf_hub_id for resnet18
@@ -304,7 +305,9 @@ def test_never_policy_makes_no_request(server, settings, teacher_zip, monkeypatc
 
 
 def _needs(profile: str, models=("patchcore", "efficientad"), **kwargs):
-    plan = required_assets(load_profile(profile, kwargs.pop("overrides", None)), models, **kwargs)
+    plan = required_assets(
+        settings_view(load_profile(profile, kwargs.pop("overrides", None))), models, **kwargs
+    )
     return {n.asset.name: n.fallback for n in plan.needs}, plan
 
 
@@ -362,7 +365,9 @@ def test_paper_preflight_names_every_missing_asset(settings, monkeypatch):
     ):
         monkeypatch.setattr(info, "url", f"{offline}/{info.url.rsplit('/', 1)[-1]}")
 
-    plan = required_assets(load_profile("paper"), ["patchcore", "efficientad"], settings=settings)
+    plan = required_assets(
+        settings_view(load_profile("paper")), ["patchcore", "efficientad"], settings=settings
+    )
     started = time.perf_counter()
     with pytest.raises(MissingAssetsError) as caught:
         prepare_assets(plan)
@@ -378,7 +383,9 @@ def test_paper_preflight_names_every_missing_asset(settings, monkeypatch):
     assert {s.asset.name for s in caught.value.missing} == {n.asset.name for n in plan.needs}
 
     # quick allows its fallbacks: the same host passes, every asset reported missing ...
-    quick = required_assets(load_profile("quick"), ["patchcore", "efficientad"], settings=settings)
+    quick = required_assets(
+        settings_view(load_profile("quick")), ["patchcore", "efficientad"], settings=settings
+    )
     statuses = prepare_assets(quick)
     assert not any(s.present for s in statuses.values())
     # ... unless the policy is 'required'

@@ -11,14 +11,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from skimage import data
 
-from tasks.backbones import (
-    LITE0,
-    BackboneUnavailableError,
-    build_patchcore,
-    hub_weights_available,
-    load_efficientnet_lite0,
-)
-from tasks.profiles import PatchCoreSettings, load_profile
+from tasks.models.backbones import LITE0, hub_weights_available, load_efficientnet_lite0
+from tasks.models.patchcore.model import BackboneUnavailableError, build_patchcore
+from tasks.models.patchcore.settings import PatchCoreSettings
+from tasks.models.registry import settings_for
+from tasks.runtime.profiles import load_profile
 
 ESPRESSO = 967  # ImageNet-1k class index
 
@@ -37,7 +34,7 @@ def test_lite0_classifies_coffee_photo_as_espresso() -> None:
 
 
 def test_patchcore_feature_extractor_holds_offline_weights() -> None:
-    model, provenance = build_patchcore(load_profile("quick").patchcore)
+    model, provenance = build_patchcore(settings_for("patchcore", load_profile("quick")))
     reference = load_efficientnet_lite0().state_dict()
     extractor = model.model.feature_extractor.feature_extractor.state_dict()
     assert extractor  # something to compare

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tasks.datasets import prepare_dataset
-from tasks.manifest import build_manifest
-from tasks.paths import UnsafePath, artifact_dir
-from tasks.results import DatasetError, ValidationReport
-from tasks.validation import validate_dataset
+from tasks.data.datasets import prepare_dataset
+from tasks.results.types import DatasetError, ValidationReport
+from tasks.runtime.paths import UnsafePath, artifact_dir
+from tasks.validation.manifest import build_manifest
+from tasks.validation.rules import validate_dataset
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:
@@ -267,8 +267,8 @@ def test_file_in_hidden_folder_is_refused(make_dataset):
 
 
 def test_webp_test_image_is_validated_and_counted_by_training(make_dataset):
-    from tasks.profiles import load_profile
-    from tasks.training import make_datamodule
+    from tasks.data.datamodule import make_datamodule
+    from tasks.runtime.profiles import load_profile
 
     root = make_dataset()
     good = root / "widget" / "test" / "good"
@@ -326,7 +326,7 @@ def test_symlink_to_dev_zero_is_never_read(make_dataset):
 
 
 def test_read_over_the_size_cap_is_refused_unread(make_dataset, monkeypatch):
-    from tasks import manifest as manifest_module
+    from tasks.validation import manifest as manifest_module
 
     root = make_dataset()
     big = root.joinpath(*GOOD, "000.png")
@@ -365,8 +365,8 @@ def test_file_loose_in_a_split_folder_is_refused(make_dataset):
 
 def test_gate_lists_exactly_what_anomalib_globs_on_a_valid_dataset(make_dataset):
     """On data the gate passes, its files are exactly the files anomalib's Folder reads."""
-    from tasks.profiles import load_profile
-    from tasks.training import make_datamodule
+    from tasks.data.datamodule import make_datamodule
+    from tasks.runtime.profiles import load_profile
 
     root = make_dataset()
     spec = prepare_dataset("folder", root, None)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import tasks.cache as cache
+import tasks.training.cache as cache
 from flows.benchmark import train_and_evaluate_task
-from tasks.profiles import load_profile
-from tasks.results import ModelResult, StageOutcome
+from tasks.results.types import ModelResult, StageOutcome
+from tasks.runtime.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_one_byte_of_evaluation_code_changes_the_key(project_copy: Path, tmp_pat
     profile = load_profile("quick", {"weights_dir": str(tmp_path / "weights")})
     before = _key(profile)
     assert _key(profile) == before  # same code, same key: the cell is reused
-    source = project_copy / "tasks" / "evaluation.py"
+    source = project_copy / "tasks" / "training" / "evaluation.py"
     data = bytearray(source.read_bytes())
     data[-2] ^= 0x01
     source.write_bytes(bytes(data))

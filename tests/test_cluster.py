@@ -14,19 +14,19 @@ import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from tasks.cluster import (
+from tasks.data.datasets import MVTEC_CATEGORIES, expand_categories
+from tasks.results.types import ModelResult
+from tasks.runtime.cluster import (
     ClusterError,
     ClusterSpec,
     WorkerCannotSeePath,
-    cell_summary,
     listing_fingerprint,
     parse_cluster,
     require_shared_paths,
     task_runner_for,
     worker_identity,
 )
-from tasks.datasets import MVTEC_CATEGORIES, expand_categories
-from tasks.results import ModelResult
+from tasks.training.cell import cell_summary
 
 
 @pytest.mark.parametrize(

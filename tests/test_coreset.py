@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from benchmarks.coreset_time import anomalib_steps
-from tasks.coreset import FastCoresetPatchcore, fast_coreset_indices, greedy_coreset_indices
+from tasks.models.patchcore.coreset import (
+    FastCoresetPatchcore,
+    fast_coreset_indices,
+    greedy_coreset_indices,
+)
 
 
 def _clustered(n: int, dim: int, seed: int = 0) -> torch.Tensor:

@@ -22,7 +22,7 @@ import duckdb
 import pytest
 
 from scripts.stack import free_port
-from tasks.demo_data import ensure_demo_dataset
+from tasks.data.demo_data import ensure_demo_dataset
 from tests.cheap_inference import FAST_INFERENCE
 
 pytestmark = pytest.mark.slow

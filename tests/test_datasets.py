@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import datasets, demo_data
-from tasks.datasets import DEMO_CATEGORIES, prepare_dataset
-from tasks.results import DatasetError
+from tasks.data import datasets, demo_data
+from tasks.data.datasets import prepare_dataset
+from tasks.data.demo_data import DEMO_CATEGORIES
+from tasks.results.types import DatasetError
 
 
 def _hashes(root: Path) -> dict[str, str]:

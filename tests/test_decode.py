@@ -1,4 +1,4 @@
-"""`tasks.inference.read_rgb`: every inference path's decoder gives the pixels training saw."""
+"""`tasks.data.decode.read_rgb`: every inference path's decoder gives the pixels training saw."""
 
 import io
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 from anomalib.data.utils import read_image
 from PIL import Image
 
-from tasks import inference
-from tasks.inference import read_rgb
+from tasks.data import decode as decoder
+from tasks.data.decode import read_rgb
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (48, 64, 3), np.uint8)
@@ -52,7 +52,7 @@ def test_colour_pngs_decode_through_libspng_to_the_training_pixels(tmp_path, mon
     def no_opencv(*args, **kwargs):
         raise AssertionError("a colour PNG went through OpenCV")
 
-    monkeypatch.setattr(inference.cv2, "imdecode", no_opencv)
+    monkeypatch.setattr(decoder.cv2, "imdecode", no_opencv)
     for name, path in paths.items():
         decoded = read_rgb(path)
         assert decoded.dtype == np.uint8 and decoded.shape == (48, 64, 3), name
@@ -64,7 +64,7 @@ def test_greyscale_pngs_and_other_formats_decode_through_opencv(tmp_path, monkey
     def no_libspng(*args, **kwargs):
         raise AssertionError("a greyscale PNG went through libspng, the slower on grey")
 
-    monkeypatch.setattr(inference.pyspng, "load", no_libspng)
+    monkeypatch.setattr(decoder.pyspng, "load", no_libspng)
     for name, (image, options) in GREYSCALE.items():
         path = save(tmp_path / f"{name}.png", image, **options)
         assert np.array_equal(read_rgb(path), trained_on(path)), name

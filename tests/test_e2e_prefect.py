@@ -17,7 +17,7 @@ import pytest
 from browser import assert_report_ok, check_report_in_browser
 
 from scripts.stack import Stack, descendants, free_port
-from tasks.demo_data import ensure_demo_dataset
+from tasks.data.demo_data import ensure_demo_dataset
 from tests.cheap_inference import FAST_INFERENCE
 
 pytestmark = pytest.mark.slow

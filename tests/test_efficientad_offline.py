@@ -14,14 +14,12 @@ from anomalib.models.image.efficient_ad import lightning_model as anomalib_effic
 from conftest import cpu_engine
 from PIL import Image
 
-from tasks import efficientad_offline
-from tasks.efficientad_offline import (
-    OfflineAssetError,
-    build_efficientad,
-    efficientad_inference,
-    load_images,
-)
-from tasks.profiles import load_profile
+from tasks.data.decode import load_images
+from tasks.models.efficientad import teacher as efficientad_teacher
+from tasks.models.efficientad.model import OfflineAssetError, build_efficientad
+from tasks.models.efficientad.scoring import efficientad_inference
+from tasks.models.registry import settings_for
+from tasks.runtime.profiles import load_profile
 
 IMAGE_SIZE = 256  # anomalib's EfficientAD autoencoder needs at least 256 px
 CROP = 128  # images on disk; the pre-processor resizes them
@@ -37,7 +35,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(anomalib_efficientad, "download_and_extract", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(
-        efficientad_offline, "get_pretrained_weights_dir", lambda: tmp_path / "anomalib_cache"
+        efficientad_teacher, "get_pretrained_weights_dir", lambda: tmp_path / "anomalib_cache"
     )
 
 
@@ -71,7 +69,9 @@ def brick_dataset(tmp_path: Path) -> Path:
 
 def quick_settings(**overrides):
     efficientad = {"image_size": IMAGE_SIZE, "max_steps": 3, "teacher_distill_steps": 12}
-    return load_profile("quick", {"efficientad": efficientad | overrides}).efficientad
+    return settings_for(
+        "efficientad", load_profile("quick", {"efficientad": efficientad | overrides})
+    )
 
 
 def fit(model, root: Path, tmp_path: Path, validate: bool = False) -> None:
@@ -80,7 +80,7 @@ def fit(model, root: Path, tmp_path: Path, validate: bool = False) -> None:
     )
     engine = cpu_engine(tmp_path / "engine", max_steps=3)
     engine.fit(model, datamodule=datamodule)
-    if validate:  # as tasks.training validates each attempt
+    if validate:  # as tasks.training.coordinator validates each attempt
         engine.validate(model, datamodule=datamodule, verbose=False)
 
 
@@ -95,7 +95,7 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     assert provenance["paper_configuration"] is False
     assert provenance["teacher"].startswith("fallback: distilled from EfficientNet-Lite0")
     assert provenance["penalty_data"].startswith("fallback: scikit-image natural photos")
-    # trained, tested and exported on the same pixels (tasks.resize)
+    # trained, tested and exported on the same pixels (tasks.data.resize)
     large = torch.rand(1, 3, 3 * IMAGE_SIZE, 3 * IMAGE_SIZE)
     pre = model.pre_processor
     small = pre.transform(large)  # antialiased; the export's resize is not, and is fed
@@ -103,7 +103,7 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     (distilled_file,) = cache.glob("teacher_small_lite0_distilled_steps12_seed0_*.pth")
     distilled = torch.load(distilled_file, weights_only=True)
     torch.manual_seed(0)
-    untrained = efficientad_offline._new_pdn("small").state_dict()
+    untrained = efficientad_teacher.new_pdn("small").state_dict()
     assert not torch.equal(distilled["conv4.weight"], untrained["conv4.weight"])
 
     fit(model, brick_dataset, tmp_path, validate=True)
@@ -120,26 +120,26 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
     assert scores.shape == (len(images),) and torch.isfinite(scores).all()
 
     # a second build reuses the cached teacher instead of distilling again
-    monkeypatch.setattr(efficientad_offline, "distill_teacher", pytest.fail)
+    monkeypatch.setattr(efficientad_teacher, "distill_teacher", pytest.fail)
     _, again = build_efficientad(quick_settings(), cache)
     assert again["teacher"] == provenance["teacher"]
 
 
 def test_distillation_lowers_the_loss() -> None:
-    _, stats = efficientad_offline.distill_teacher("small", steps=12, seed=0)
+    _, stats = efficientad_teacher.distill_teacher("small", steps=12, seed=0)
     assert stats["last_loss"] < stats["first_loss"]
 
 
 def test_negligible_teacher_weights_are_zeroed_when_loaded(tmp_path: Path) -> None:
     # weight decay leaves dead channels' weights subnormal, which CPUs compute slowly
     torch.manual_seed(0)
-    state = efficientad_offline._new_pdn("small").state_dict()
+    state = efficientad_teacher.new_pdn("small").state_dict()
     weights = state["conv3.weight"].view(-1)
     weights[:4] = torch.tensor([1e-39, -1e-30, 1e-21, 1e-6])  # subnormal, two tiny, one small
     path = tmp_path / "teacher.pth"
     torch.save(state, path)
 
-    loaded = efficientad_offline._load_teacher_state(path, efficientad_offline._new_pdn("small"))
+    loaded = efficientad_teacher.load_teacher_state(path, efficientad_teacher.new_pdn("small"))
 
     kept = loaded["conv3.weight"].view(-1)
     assert kept[:3].eq(0).all()
@@ -152,10 +152,10 @@ def test_configured_local_teacher_is_used(
     brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.manual_seed(123)
-    local = efficientad_offline._new_pdn("small").state_dict()
+    local = efficientad_teacher.new_pdn("small").state_dict()
     teacher_file = tmp_path / "pretrained_teacher_small.pth"
     torch.save(local, teacher_file)
-    monkeypatch.setattr(efficientad_offline, "distill_teacher", pytest.fail)
+    monkeypatch.setattr(efficientad_teacher, "distill_teacher", pytest.fail)
 
     model, provenance = build_efficientad(
         quick_settings(teacher_weights=str(teacher_file)), tmp_path / "cache", visualizer=False
@@ -170,10 +170,10 @@ def test_configured_local_teacher_is_used(
 
 def test_teacher_in_cache_dir_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.save(
-        efficientad_offline._new_pdn("small").state_dict(),
+        efficientad_teacher.new_pdn("small").state_dict(),
         tmp_path / "pretrained_teacher_small.pth",
     )
-    monkeypatch.setattr(efficientad_offline, "distill_teacher", pytest.fail)
+    monkeypatch.setattr(efficientad_teacher, "distill_teacher", pytest.fail)
     _, provenance = build_efficientad(quick_settings(), tmp_path, allow_fallback=False)
     assert provenance["source"] == "pretrained"
 
@@ -189,7 +189,7 @@ def test_missing_teacher_without_fallback_is_a_clear_error(tmp_path: Path) -> No
 
 def test_teacher_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
     medium_file = tmp_path / "medium.pth"
-    torch.save(efficientad_offline._new_pdn("medium").state_dict(), medium_file)
+    torch.save(efficientad_teacher.new_pdn("medium").state_dict(), medium_file)
     with pytest.raises(ValueError, match="not a teacher of this EfficientAD size"):
         build_efficientad(quick_settings(teacher_weights=str(medium_file)), tmp_path)
 
@@ -217,5 +217,5 @@ def test_bf16_and_openvino_scores_follow_fp32(tmp_path: Path) -> None:
 
 def _saved_random_teacher(tmp_path: Path) -> Path:
     path = tmp_path / "random_teacher.pth"
-    torch.save(efficientad_offline._new_pdn("small").state_dict(), path)
+    torch.save(efficientad_teacher.new_pdn("small").state_dict(), path)
     return path

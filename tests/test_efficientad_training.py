@@ -6,7 +6,7 @@ import pytest
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-from tasks.efficientad_training import (
+from tasks.models.efficientad.training import (
     TeacherCache,
     cpu_training_layout,
     efficientad_losses,
@@ -107,7 +107,7 @@ def test_training_layout_follows_the_cpu_kernels(monkeypatch, capability, layout
 def test_models_score_channels_last_on_a_cpu_and_are_left_nchw() -> None:
     from anomalib.models import EfficientAd
 
-    from tasks.training import inference_layout
+    from tasks.training.attempts import inference_layout
 
     model = EfficientAd(model_size="small")
     model.model.to(memory_format=torch.channels_last)  # as trained on AVX-512

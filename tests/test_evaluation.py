@@ -8,7 +8,7 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import AUROC
 
-from tasks.evaluation import (
+from tasks.training.evaluation import (
     ScoredImage,
     auroc_with_interval,
     image_metrics,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.profiles import load_profile
-from tasks.results import DatasetSpec
-from tasks.training import train_and_evaluate
+from tasks.results.types import DatasetSpec
+from tasks.runtime.profiles import load_profile
+from tasks.training.coordinator import train_and_evaluate
 from tests.cheap_inference import FAST_INFERENCE
 from tests.conftest import build_mvtec_layout
 
@@ -39,7 +39,7 @@ def test_exported_patchcore_scores_as_the_trained_model_in_a_fresh_process(
     trained = {s["path"]: s["score"] for s in result.scores}
     images = sorted(trained)
     script = (
-        "import json, sys; from tasks.export import load_exported; "
+        "import json, sys; from tasks.training.export import load_exported; "
         "m = load_exported(sys.argv[1]); "
         "print(json.dumps([m.score(p) for p in sys.argv[2:]]))"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.inference import torch_scorer
+from tasks.inference.torch_backend import torch_scorer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

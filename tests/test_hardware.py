@@ -1,11 +1,11 @@
-"""What latency rows say they were measured on (tasks.hardware), from /proc/cpuinfo."""
+"""What latency rows say they were measured on (tasks.runtime.hardware), from /proc/cpuinfo."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import tasks.hardware as hardware
+import tasks.runtime.hardware as hardware
 
 XEON = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -7,6 +7,8 @@ benchmarks/inference_paths.py, not here: these tests check what is measured and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,27 +18,26 @@ import torch
 from conftest import build_mvtec_layout, fit_patchcore
 from PIL import Image
 
-import tasks.hardware as hardware
-import tasks.profiles as profiles
-from tasks.hardware import cpu_name, device_name
-from tasks.inference import (
-    PATHS,
-    BuiltPath,
-    cpu_has_bf16,
-    deployable,
-    load_images,
-    measure_inference_paths,
+import tasks.runtime.profiles as profiles
+from tasks.data.decode import load_images
+from tasks.inference.measure import measure_inference_paths
+from tasks.inference.openvino_backend import (
     openvino_bf16_support,
     openvino_model,
     quantize_int8,
-    time_path,
     widen_activation_ranges,
 )
-from tasks.profiles import InferenceSettings
-from tasks.results import LatencyResult, ModelResult
-from tasks.store import ResultStore
+from tasks.inference.path_types import BuiltPath
+from tasks.inference.paths import PATHS
+from tasks.inference.timing import time_path
+from tasks.models.efficientad.entry import EFFICIENTAD
+from tasks.results.store.result_store import ResultStore
+from tasks.results.types import LatencyResult, ModelResult, deployable
+from tasks.runtime.hardware import cpu_has_bf16, cpu_name, device_name
+from tasks.runtime.profiles import InferenceSettings
 
 SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +236,7 @@ def test_int8_quantises_a_copy_and_leaves_the_fp32_ir_as_it_was(fitted):
     # the openvino-fp32 path compiles the same converted IR that int8 quantises
     model, _, _, train, _ = fitted
     fp32 = openvino_model(model, SIZE)
-    int8 = quantize_int8(fp32, model, load_images(train[:2], SIZE))
+    int8 = quantize_int8(fp32, load_images(train[:2], SIZE))
     assert _quantisation(int8)[0] and _quantisation(int8)[1]
     assert _quantisation(fp32) == ({}, [])
 
@@ -291,7 +292,7 @@ def test_deployable_is_the_fastest_path_within_the_auroc_tolerance():
 
 
 def test_report_shows_paths_the_deployable_one_and_a_speed_auroc_chart(tmp_path):
-    from tasks.report import render_report
+    from tasks.report.render import render_report
 
     rows = [
         _row("torch-fp32", 100.0, 0.0),
@@ -330,7 +331,9 @@ def test_int8_efficientad_keeps_the_distance_between_its_networks_in_fp32():
         value.data.uniform_(0.5, 1.5)
     for value in model.quantiles.values():
         value.data.uniform_(0.1, 1.0)
-    ov_model = openvino_model(model, 256, calibration_images=torch.rand(2, 3, 256, 256))
+    ov_model = openvino_model(
+        model, 256, calibration_images=torch.rand(2, 3, 256, 256), deployment=EFFICIENTAD.deployment
+    )
     quantised = set()
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() == "FakeQuantize":
@@ -353,7 +356,7 @@ def test_exported_efficientad_computes_anomalibs_scores_and_maps(pad_maps, train
     import openvino as ov
     from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-    from tasks.inference import DeployedEfficientAd
+    from tasks.models.efficientad.deploy import DeployedEfficientAd
 
     torch.manual_seed(0)
     model = EfficientAdModel(teacher_out_channels=384, model_size="small", pad_maps=pad_maps)
@@ -376,7 +379,9 @@ def test_exported_efficientad_computes_anomalibs_scores_and_maps(pad_maps, train
         deployed.pred_score.reshape(-1), expected.pred_score.reshape(-1), atol=1e-5 * peak
     )
     compiled = ov.Core().compile_model(
-        openvino_model(model, 256), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        openvino_model(model, 256, deployment=EFFICIENTAD.deployment),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32"},
     )
     score, anomaly_map = compiled(images.numpy()).values()
     assert np.allclose(anomaly_map, expected.anomaly_map.numpy(), atol=1e-4 * float(peak))
@@ -407,27 +412,31 @@ def test_anomalib_paths_have_their_own_time_cap():
     assert 2 <= len(theirs.single_ms) < len(test) and theirs.scores is None
 
 
-@pytest.mark.parametrize(
-    ("flags", "has_fp32"),
-    [
-        ({"avx512f", "avx512_vnni"}, False),
-        ({"avx2", "avx_vnni"}, False),
-        ({"amx_int8"}, False),
-        ({"avx2", "fma"}, True),
-        (set(), True),
-    ],
+QUICK_PATHS = (
+    "torch-fp32",
+    "openvino-fp32",
+    "openvino-int8",
+    "anomalib-torch",
+    "anomalib-openvino",
 )
-def test_quick_profile_times_openvino_fp32_where_int8_has_no_dot_products(
-    monkeypatch, flags, has_fp32
-) -> None:
-    # without VNNI or AMX, PatchCore's int8 graph ran slower than fp32 (AMD EPYC, AVX2)
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
-    paths = profiles.quick_inference_paths()
-    assert paths[0] == "torch-fp32" and "openvino-int8" in paths
-    assert {"anomalib-torch", "anomalib-openvino"} <= set(paths)
-    assert ("openvino-fp32" in paths) == has_fp32
-    assert profiles.InferenceSettings(paths=paths).paths == paths  # valid path names
 
 
-def test_quick_profile_uses_this_cpus_paths() -> None:
-    assert profiles.load_profile("quick").inference.paths == profiles.quick_inference_paths()
+@pytest.mark.parametrize("flags", ["avx512f avx512_vnni amx_int8 amx_bf16", "avx2 fma"])
+def test_the_quick_profile_names_the_same_paths_on_every_cpu(tmp_path, flags) -> None:
+    # A profile says what it means: the same paths wherever it is loaded. Without int8
+    # dot products (VNNI, AMX) OpenVINO fp32 can be faster than int8, so both are timed
+    # on every CPU; what a CPU cannot run is skipped at run time, with the reason. Each
+    # CPU is a fresh process: the profile must not be fixed by the CPU it was imported on.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"model name\t: Example CPU\nflags\t\t: {flags}\n")
+    code = (
+        "import pathlib, tasks.runtime.hardware as hardware; "
+        f"hardware.CPUINFO = pathlib.Path({str(cpuinfo)!r}); "
+        "from tasks.runtime.profiles import load_profile; "
+        "print(','.join(load_profile('quick').inference.paths))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert tuple(out.stdout.strip().split(",")) == QUICK_PATHS
+    assert profiles.InferenceSettings(paths=QUICK_PATHS).paths == QUICK_PATHS  # valid names

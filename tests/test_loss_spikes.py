@@ -11,8 +11,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.clean_loss_curves import DATA_DIR, read_curve
-from tasks.loss_spikes import LossSpikeCallback, LossSpikeDetector
-from tasks.profiles import SpikeSettings
+from tasks.runtime.profiles import SpikeSettings
+from tasks.training.loss_spikes import LossSpikeCallback, LossSpikeDetector
 from tests.spike_injection import LearningRateBlowUp
 
 CLEAN_CURVES = sorted(DATA_DIR.glob("*.csv.gz"))

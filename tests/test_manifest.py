@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from tasks import manifest as manifest_module
-from tasks.manifest import COLUMNS, build_manifest
-from tasks.results import DatasetSpec
+from tasks.results.types import DatasetSpec
+from tasks.validation import manifest as manifest_module
+from tasks.validation.manifest import COLUMNS, build_manifest
 
 
 def _spec(root, categories=("widget",)) -> DatasetSpec:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from checks.manifest_schema import RULES
-from tasks.datasets import prepare_dataset
-from tasks.validation import validate_dataset
+from tasks.data.datasets import prepare_dataset
+from tasks.validation.rules import validate_dataset
 
 
 def test_real_files_pass_every_per_file_rule_and_counts_say_subset(shared_mvtec):

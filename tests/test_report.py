@@ -12,9 +12,9 @@ import pytest
 from browser import table_mismatches
 from store_samples import EVIL_NAME, build_sample_store
 
-import tasks.report as report_module
-from tasks.report import render_report
-from tasks.store import ResultStore
+import tasks.report.render as report_module
+from tasks.report.render import render_report
+from tasks.results.store.result_store import ResultStore
 
 
 class CellReader(HTMLParser):

@@ -13,7 +13,7 @@ import pytest
 from browser import CHROMIUM, assert_report_ok, check_report_in_browser, chromium_missing_message
 from store_samples import CATEGORIES, build_sample_store
 
-from tasks.report import render_report
+from tasks.report.render import render_report
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "test-artifacts" / "report.png"
 

@@ -10,10 +10,11 @@ from datetime import datetime
 import duckdb
 from store_samples import model_result, validation_report
 
-from tasks.cache import mark_cached
-from tasks.report import render_report
-from tasks.results import Recovery, RuleResult, StageOutcome
-from tasks.store import ResultStore
+from checks.rule_result import RuleResult
+from tasks.report.render import render_report
+from tasks.results.store.result_store import ResultStore
+from tasks.results.types import Recovery, StageOutcome
+from tasks.training.cache import mark_cached
 
 RUN = "run-h1"
 

@@ -9,13 +9,13 @@ import pytest
 from PIL import UnidentifiedImageError
 from prefect import flow, task
 
-from tasks.profiles import ProfileError
-from tasks.results import DatasetError, TrainingAttempt
-from tasks.retries import is_transient, retry_transient_faults
+from tasks.results.types import DatasetError, TrainingAttempt
+from tasks.runtime.profiles import ProfileError
+from tasks.runtime.retries import is_transient, retry_transient_faults
 
 
 def training_failed() -> Exception:
-    from tasks.training import TrainingFailed
+    from tasks.training.attempts import TrainingFailed
 
     attempt = TrainingAttempt(
         attempt=1, seed=0, learning_rate=1e-4, steps=17, end_reason="loss_spike", spike_step=17
@@ -24,7 +24,7 @@ def training_failed() -> Exception:
 
 
 def offline_asset_missing() -> Exception:
-    from tasks.efficientad_offline import OfflineAssetError
+    from tasks.models.efficientad.model import OfflineAssetError
 
     return OfflineAssetError("no teacher weights in data/weights (efficientad.teacher_weights)")
 

@@ -18,10 +18,12 @@ from markdown_it import MarkdownIt
 from prefect.states import Cancelled, Crashed, Failed, Running
 from store_samples import model_result
 
-from tasks.gate import validation_markdown
-from tasks.results import RuleResult, ValidationReport
-from tasks.runs import close_abandoned_runs, mark_run_ended, open_run, run_status
-from tasks.store import SCHEMA_VERSION, ResultStore, SchemaError, StoreBusy
+from checks.rule_result import RuleResult
+from tasks.results.runs import close_abandoned_runs, mark_run_ended, open_run, run_status
+from tasks.results.store.migrations import SCHEMA_VERSION, SchemaError
+from tasks.results.store.result_store import ResultStore, StoreBusy
+from tasks.results.types import ValidationReport
+from tasks.validation.gate import validation_markdown
 from tests.cheap_inference import FAST_INFERENCE
 
 

@@ -15,15 +15,10 @@ import pytest
 from store_samples import model_result, validation_report
 from store_v1 import create_v1_store
 
-from tasks.results import LatencyResult
-from tasks.store import (
-    MIGRATIONS,
-    RESULT_TABLES,
-    SCHEMA_VERSION,
-    ResultStore,
-    SchemaError,
-    StoreBusy,
-)
+from tasks.results.store.migrations import MIGRATIONS, SCHEMA_VERSION, SchemaError
+from tasks.results.store.result_store import ResultStore, StoreBusy
+from tasks.results.store.schema import RESULT_TABLES
+from tasks.results.types import LatencyResult
 
 T0 = datetime(2025, 3, 1, 12, 0, 0)
 DATA_HASH = "ab" * 32
@@ -365,7 +360,7 @@ def test_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
     db = tmp_path / "old.duckdb"
     create_v1_store(db)
     broken = {**MIGRATIONS, 2: [*MIGRATIONS[2], "ALTER TABLE no_such_table ADD COLUMN x INT"]}
-    monkeypatch.setattr("tasks.store.MIGRATIONS", broken)
+    monkeypatch.setattr("tasks.results.store.migrations.MIGRATIONS", broken)
     with pytest.raises(SchemaError, match=rf"{re.escape(str(db))}.*could not be migrated"):
         ResultStore(db)
     assert "schema_version" not in columns(db)

@@ -1,6 +1,6 @@
 """Real anomalib training on tiny MVTec-layout data: rollback, validation, evaluation.
 
-EfficientAD runs are real (offline teacher from tasks.efficientad_offline, distilled for
+EfficientAD runs are real (offline teacher from tasks.models.efficientad.model, distilled for
 a few steps only: teacher quality is beside the point here) and take minutes on 2 CPU
 cores, so they are marked slow.
 """
@@ -13,9 +13,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-import tasks.training as training
-from tasks.profiles import ValidationSettings, load_profile
-from tasks.results import DatasetSpec
+import tasks.data.datamodule as datamodules
+import tasks.training.coordinator as training
+from tasks.results.types import DatasetSpec
+from tasks.runtime.profiles import ValidationSettings, load_profile
 from tests.cheap_inference import FAST_INFERENCE
 from tests.spike_injection import LearningRateBlowUp, NegatedScores
 
@@ -267,12 +268,12 @@ def test_int8_calibration_anomalies_are_the_painted_validation_images(
     make_dataset, weights_dir, tmp_path
 ):
     root = make_dataset(n_train=8, n_test_good=2, defects={"scratch": 3})
-    datamodule, _, _ = training.make_datamodule(
+    datamodule, _, _ = datamodules.make_datamodule(
         _spec(root, True), "widget", _patchcore_profile(weights_dir), 1, work_dir=tmp_path
     )
     datamodule.setup()
 
-    anomalies = training.validation_anomalies(datamodule)
+    anomalies = datamodules.validation_anomalies(datamodule)
 
     assert len(anomalies) == 2 * 3  # 2 held-out training images, each painted 3 times
     assert all(p.parent == tmp_path / "validation" and p.is_file() for p in anomalies)

@@ -7,9 +7,9 @@ from PIL import Image
 
 from checks.dataset_expectations import GX_RULES
 from checks.manifest_schema import RULES
-from tasks.datasets import prepare_dataset
-from tasks.manifest import build_manifest
-from tasks.validation import validate_dataset, validate_manifest
+from tasks.data.datasets import prepare_dataset
+from tasks.validation.manifest import build_manifest
+from tasks.validation.rules import validate_dataset, validate_manifest
 
 
 def test_valid_dataset_passes_and_reports_every_rule(make_dataset):

@@ -1,0 +1,41 @@
+"""PatchCore's settings and the profiles' values for them.
+
+The `paper` profile is the paper's setup (Roth et al. 2022): wide_resnet50_2
+layer2+layer3, a 10 % coreset, resize 256 then centre-crop 224.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.models.settings import ModelSettings
+
+
+class PatchCoreSettings(ModelSettings):
+    backbone: str = Field(
+        "auto",
+        description="timm name; 'auto' = wide_resnet50_2 when its weights are available, "
+        "else the offline EfficientNet-Lite0",
+    )
+    layers: tuple[str, ...] | None = Field(None, description="None = the backbone's default")
+    coreset_sampling_ratio: float = Field(0.1, gt=0, le=1)
+    coreset_method: Literal["fast", "anomalib"] = "fast"
+    num_neighbors: int = Field(9, ge=1)
+    image_size: int = Field(256, ge=32)
+    crop_size: int | None = Field(None, ge=32)
+    train_batch_size: int = Field(8, ge=1)
+
+
+PROFILE_SETTINGS: dict[str, dict] = {
+    "quick": {"image_size": 256, "coreset_sampling_ratio": 0.1},
+    "cpu": {"image_size": 256, "coreset_sampling_ratio": 0.1},
+    "paper": {
+        "backbone": "wide_resnet50_2",
+        "layers": ("layer2", "layer3"),
+        "coreset_sampling_ratio": 0.1,
+        "image_size": 256,
+        "crop_size": 224,
+    },
+}

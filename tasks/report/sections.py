@@ -1,0 +1,412 @@
+"""The report's sections, each built from the rows read back from the store.
+
+`tasks.report.render` reads the store once and hands each section its rows: the
+comparison table, ROC and loss charts, the validation summary, overlays, the trend
+against earlier runs, provenance cards, the environment, and the inference-path tables.
+
+Example:
+    >>> tables = inference_path_tables(latency_rows, ["patchcore"], ["demo_grid"])
+    >>> tables[0]["deployable"].path  # doctest: +SKIP
+    'openvino-int8'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.report.charts import (
+    DASHES,
+    PALETTE,
+    Marker,
+    Point,
+    Series,
+    line_chart,
+    scatter_chart,
+    thin,
+)
+from tasks.report.format import (
+    flatten,
+    format_number,
+    image_data_uri,
+    model_color,
+    model_name,
+    short_run_id,
+    thin_curve,
+)
+from tasks.results.store.rows import CORE_METRICS
+from tasks.results.types import AUROC_TOLERANCE, LatencyResult, deployable
+
+TABLE_METRICS = ("image_auroc", "pixel_auroc", "image_f1", "aupro")
+
+
+def comparison_table(models, categories, metrics, averages, latency, result_by_key) -> dict:
+    metric_at = {(m["model"], m["category"], m["metric"]): m for m in metrics}
+    headline_latency = {}
+    for row in latency:  # idx 0 first: the headline figure per (model, category)
+        if row["p50_ms"] is not None:  # a failed or skipped path has no figures
+            headline_latency.setdefault((row["model"], row["category"]), row)
+    body = []
+    for category in categories:
+        cells = {}
+        for model in models:
+            result = result_by_key.get((model, category))
+            cells[model] = {
+                "present": result is not None,
+                "fallback": bool(result and result["weights_source"] == "fallback"),
+                "metrics": {m: metric_at.get((model, category, m)) for m in TABLE_METRICS},
+                "latency": headline_latency.get((model, category)),
+                "cached_from": result.get("cached_from") if result else None,
+            }
+        body.append({"category": category, "cells": cells})
+    average = {(a["model"], a["metric"]): a for a in averages if a["metric"] in TABLE_METRICS}
+    latency_avg = {}
+    for model in models:
+        rows = [headline_latency[k] for k in headline_latency if k[0] == model]
+        if rows:
+            latency_avg[model] = {
+                key: sum(r[key] for r in rows) / len(rows)
+                for key in ("p50_ms", "p95_ms", "throughput_ips")
+            }
+    return {
+        "metrics": TABLE_METRICS,
+        "rows": body,
+        "average": average,
+        "latency_average": latency_avg,
+        "any_fallback": any(r["weights_source"] == "fallback" for r in result_by_key.values()),
+        "cached": [r for r in result_by_key.values() if r.get("cached_from")],
+    }
+
+
+def roc_charts(models, categories, roc, metrics) -> list[dict]:
+    auroc = {(m["model"], m["category"], m["metric"]): m["value"] for m in metrics}
+    charts = []
+    for category in categories:
+        chart = {"category": category, "levels": []}
+        for level in ("image", "pixel"):
+            curves = [r for r in roc if r["category"] == category and r["level"] == level]
+            curves.sort(key=lambda r: models.index(r["model"]) if r["model"] in models else 99)
+            if not curves:
+                continue
+            series = []
+            for curve in curves:
+                value = auroc.get((curve["model"], category, f"{level}_auroc"))
+                label = model_name(curve["model"]) + (
+                    f" (AUROC {value:.3f})" if value is not None else ""
+                )
+                points = list(zip(curve["fpr"], curve["tpr"], strict=True))
+                series.append(
+                    Series(
+                        label,
+                        thin_curve(points),
+                        color=model_color(curve["model"]),
+                        width=2.2,
+                        attrs={"model": curve["model"]},
+                    )
+                )
+            suffix = "" if level == "image" else "-pixel"
+            chart["levels"].append(
+                {
+                    "level": level,
+                    "svg": line_chart(
+                        f"roc-{category}{suffix}",
+                        series,
+                        title=f"{category}: {level}-level ROC",
+                        x_label="false positive rate",
+                        y_label="true positive rate",
+                        x_range=(0.0, 1.0),
+                        y_range=(0.0, 1.0),
+                        diagonal=True,
+                        width=360,
+                        height=280,
+                    ),
+                }
+            )
+        charts.append(chart)
+    return charts
+
+
+def loss_charts(attempts, losses, recoveries=()) -> list[dict]:
+    keys = list(dict.fromkeys((a["model"], a["category"]) for a in attempts))
+    keys += [k for k in dict.fromkeys((x["model"], x["category"]) for x in losses) if k not in keys]
+    charts = []
+    for model, category in keys:
+        tries = [dict(a) for a in attempts if (a["model"], a["category"]) == (model, category)]
+        rolled = [r for r in recoveries if (r["model"], r["category"]) == (model, category)]
+        for a in tries:
+            a["recoveries"] = [r for r in rolled if r["attempt"] == a["attempt"]]
+        curves = [x for x in losses if (x["model"], x["category"]) == (model, category)]
+        chosen = {a["attempt"] for a in tries if a["chosen"]}
+        loss_names = list(dict.fromkeys(c["loss_name"] for c in curves))
+        series = []
+        for curve in curves:
+            attempt = curve["attempt"]
+            is_chosen = attempt in chosen
+            points = [
+                (float(s), float("nan") if v is None else float(v))
+                for s, v in zip(curve["steps"], curve["values"], strict=True)
+            ]
+            series.append(
+                Series(
+                    f"attempt {attempt} · {curve['loss_name']}"
+                    + (" (chosen)" if is_chosen else ""),
+                    thin(points),
+                    color=PALETTE[(attempt - 1) % len(PALETTE)],
+                    dash=DASHES[loss_names.index(curve["loss_name"]) % len(DASHES)],
+                    width=2.4 if is_chosen else 1.3,
+                    opacity=1.0 if is_chosen or not chosen else 0.55,
+                    attrs={"attempt": str(attempt), "chosen": str(is_chosen).lower()},
+                )
+            )
+        markers = [
+            Marker(
+                a["spike_step"],
+                a["spike_value"],
+                f"attempt {a['attempt']}: spike in {a['spike_loss_name']} at step "
+                f"{a['spike_step']} ({format_number(a['spike_magnitude'])})",
+            )
+            for a in tries
+            if a["spike_step"] is not None and a["spike_value"] is not None
+        ] + [
+            Marker(
+                r["onset_step"],
+                r["value"],
+                f"attempt {r['attempt']}: spike in {r['loss_name']} at step {r['onset_step']}, "
+                f"rolled back to step {r['restored_step']}",
+            )
+            for r in rolled
+            if r["value"] is not None
+        ]
+        values = [v for c in curves for v in c["values"] if v is not None and math.isfinite(v)]
+        svg = None
+        if series:
+            svg = line_chart(
+                f"loss-{model}-{category}",
+                series,
+                title=f"{model_name(model)} · {category}: training loss",
+                x_label="optimizer step",
+                y_label="loss",
+                log_y=bool(values) and min(values) > 0,
+                markers=markers,
+                width=560,
+                height=280,
+            )
+        charts.append({"model": model, "category": category, "svg": svg, "attempts": tries})
+    return charts
+
+
+def validation_summary(validations, run) -> dict:
+    failed = [v for v in validations if not v["passed"]]
+    return {
+        "rules": validations,
+        "failing": failed,
+        "passing": [v for v in validations if v["passed"]],
+        "failed": len(failed),
+        "total": len(validations),
+        "notes": run["dataset_notes"] or [],
+    }
+
+
+def overlays(artifacts) -> list[dict]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for artifact in artifacts:
+        if not artifact["kind"].startswith("overlay"):
+            continue
+        path = Path(artifact["path"])
+        groups.setdefault((artifact["model"], artifact["category"]), []).append(
+            {
+                "kind": artifact["kind"],
+                "name": path.name,
+                "path": artifact["path"],
+                "data_uri": image_data_uri(path),
+            }
+        )
+    return [{"model": m, "category": c, "images": images} for (m, c), images in groups.items()]
+
+
+def trend(comparison, history: pd.DataFrame, run_id: str, tolerance: float) -> dict:
+    rows = [c for c in comparison if c["metric"] in CORE_METRICS]
+    rows.sort(key=lambda c: not c["regression"])  # stable: regressions first
+    compared = [c for c in rows if c["previous_run_id"] is not None]
+    svg = None
+    run_ids = list(dict.fromkeys(history["run_id"])) if len(history) else []
+    if len(run_ids) >= 2:
+        series = []
+        for i, ((model, category), group) in enumerate(history.groupby(["model", "category"])):
+            points = [
+                (float(run_ids.index(r)), float(v))
+                for r, v in zip(group["run_id"], group["image_auroc"], strict=True)
+                if pd.notna(v)
+            ]
+            series.append(
+                Series(
+                    f"{model_name(model)} · {category}",
+                    points,
+                    color=model_color(model),
+                    dash=DASHES[i % len(DASHES)],
+                    attrs={"model": model, "category": category},
+                )
+            )
+        svg = line_chart(
+            "trend-image_auroc",
+            series,
+            title="image AUROC over recent runs",
+            x_label="run (oldest → newest)",
+            y_label="image AUROC",
+            x_range=(-0.3, len(run_ids) - 0.7),
+            x_ticks_labels=[short_run_id(r) for r in run_ids],
+            width=620,
+            height=280,
+        )
+    return {
+        "rows": rows,
+        "compared": len(compared),
+        "regressions": [c for c in rows if c["regression"]],
+        "svg": svg,
+        "runs": len(run_ids),
+        "current": run_id,
+        "tolerance": tolerance,
+    }
+
+
+def provenance(results) -> list[dict]:
+    """One card per model and weights; settings shared by its categories are listed
+    once, settings that differ (e.g. masks, test image count) per category."""
+    groups: dict[tuple, dict] = {}
+    for r in results:
+        weights = json.loads(r["weights"])
+        key = (r["model"], r["weights"], r["weights_source"], r["paper_configuration"])
+        group = groups.setdefault(
+            key,
+            {
+                "model": r["model"],
+                "categories": [],
+                "weights_source": r["weights_source"],
+                "weights": weights,
+                "paper_configuration": r["paper_configuration"],
+                "paper_text": paper_configuration_text(r, weights),
+                "devices": set(),
+                "workers": {},
+                "notes": [],
+                "per_category": {},
+            },
+        )
+        group["categories"].append(r["category"])
+        group["devices"].add(r["device"])
+        group["workers"][r["category"]] = r.get("worker") or "?"
+        group["notes"] += [n for n in r["notes"] if n not in group["notes"]]
+        group["per_category"][r["category"]] = flatten(json.loads(r["settings"]))
+    for group in groups.values():
+        per_category = group.pop("per_category")
+        names = list(dict.fromkeys(k for flat in per_category.values() for k in flat))
+        group["settings"] = {}
+        for name in names:
+            values = {c: flat.get(name) for c, flat in per_category.items()}
+            distinct = {json.dumps(v, sort_keys=True, default=str) for v in values.values()}
+            if len(distinct) == 1:
+                group["settings"][name] = next(iter(values.values()))
+            else:
+                group["settings"][name] = ", ".join(f"{c}: {v}" for c, v in values.items())
+    return list(groups.values())
+
+
+def paper_configuration_text(result: dict, weights: dict) -> str:
+    """Say plainly whether the numbers are the paper's setup; a fallback never is."""
+    if result["paper_configuration"]:
+        return "yes"
+    if result["weights_source"] == "fallback":
+        what = weights.get("backbone") or (
+            "distilled teacher" if "teacher" in weights else "another backbone"
+        )
+        reason = weights.get("reason") or weights.get("fallback_reason")
+        label = weights.get("weights")
+        detail = "".join(f"; {x}" for x in (label, reason) if x)
+        return f"no (fallback weights: {what}{detail})"
+    if result["weights_source"] != "pretrained":
+        return f"no (weights source: {result['weights_source']})"
+    return f"no (profile {result['profile']}: settings differ from the paper's)"
+
+
+def environment(run, results, latency) -> dict:
+    env = json.loads(run["environment"]) if run["environment"] else {}
+    packages = env.pop("packages", {}) or {}
+    devices = sorted({r["device"] for r in results if r["device"]})
+    timing = sorted(
+        {
+            (
+                x["device"],
+                x.get("hardware"),
+                x["threads"],
+                x["precision"],
+                x["path"],
+                x["batch_size"],
+            )
+            for x in latency
+        },
+        key=str,
+    )
+    return {"host": env, "packages": packages, "devices": devices, "timing": timing}
+
+
+ANOMALIB_PATHS = ("anomalib-torch", "anomalib-openvino")
+
+
+_LATENCY_FIELDS = set(LatencyResult.__dataclass_fields__)
+
+
+def inference_path_tables(latency: list[dict], models: list[str], categories: list[str]) -> list:
+    """Per (model, category): every inference path with p50, p95, img/s, AUROC, its delta
+    to torch-fp32 and its speed-up over anomalib's two paths (p50 ratio), the deployable
+    path (fastest within AUROC_TOLERANCE of fp32) and a speed-versus-AUROC chart."""
+    tables = []
+    for model in models:
+        for category in categories:
+            rows = [r for r in latency if r["model"] == model and r["category"] == category]
+            if rows and "image_auroc" in rows[0]:
+                tables.append(_inference_table(model, category, rows))
+    return tables
+
+
+def _inference_table(model: str, category: str, rows: list[dict]) -> dict:
+    results = [LatencyResult(**{k: v for k, v in r.items() if k in _LATENCY_FIELDS}) for r in rows]
+    best = deployable(results)
+    anomalib_p50 = {r.path: r.p50_ms for r in results if r.path in ANOMALIB_PATHS and r.p50_ms}
+    table_rows = []
+    for r in results:
+        speedup = {
+            path: (p50 / r.p50_ms if r.p50_ms else None) for path, p50 in anomalib_p50.items()
+        }
+        table_rows.append({"row": r, "speedup": speedup, "deployable": r is best})
+    points = [
+        Point(
+            x=1000 / r.p50_ms,
+            y=r.image_auroc,
+            label=r.path,
+            color=PALETTE[3] if r.path in ANOMALIB_PATHS else model_color(model),
+            highlight=r is best,
+            attrs={"path": r.path},
+        )
+        for r in results
+        if r.p50_ms and r.image_auroc is not None
+    ]
+    chart = scatter_chart(
+        f"speed-auroc-{model}-{category}",
+        points,
+        x_label="images/s at batch 1, decode included",
+        y_label="image AUROC",
+        title=f"{model_name(model)} · {category}",
+        log_x=True,
+    )
+    return {
+        "model": model,
+        "category": category,
+        "rows": table_rows,
+        "anomalib_paths": [p for p in ANOMALIB_PATHS if p in anomalib_p50],
+        "deployable": best,
+        "tolerance": AUROC_TOLERANCE,
+        "chart": chart if points else None,
+        "hardware": sorted({r.hardware for r in results if r.hardware}),
+    }
