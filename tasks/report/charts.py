@@ -504,7 +504,7 @@ def _format(value: float, digits: int | None = None) -> str:
     magnitude = abs(value)
     if digits is not None and magnitude >= 0.001:
         return f"{value:.{digits}f}"
-    if magnitude >= 10000 or magnitude < 0.001:
+    if magnitude >= 10000 or magnitude < 0.0001:
         return f"{value:.0e}"
     if magnitude >= 100 or float(value).is_integer():
         return f"{value:.0f}"
