@@ -1,18 +1,16 @@
-"""Inline SVG charts for the self-contained HTML report, drawn by matplotlib.
+"""The report's charts: line charts (ROC curves, training losses, trends) and scatter
+charts (speed against AUROC), drawn by matplotlib as inline SVG (`tasks.report.svg_figure`).
 
-Each chart is a matplotlib `Figure` (no pyplot: no global figure registry), saved as SVG
-with `svg.fonttype = 'none'`, so text stays text in the page's font, and then made fit
-to sit inside HTML:
-- no XML prolog, DTD, metadata, namespace URLs or document-wide CSS;
-- ids unique in the page: the root carries the chart's id, the ids matplotlib references
-  (clip paths, marker shapes) are salted with it (`svg.hashsalt`), and its other ids are
-  dropped, except ticks and legends, which become classes (`xtick`, `ytick`, `legend`);
-- every data series is a `<g class="series" data-...>` (spike markers `class="marker"`,
-  scatter points `class="point"`) with a `<title>`, so a test can find each model's curve.
+What makes them readable, with any number of models:
+- `styles` gives every series a colour, a marker and a dash pattern of its own, so eight
+  models stay apart in colour and shape;
+- ticks are round values, as many as fit, each labelled with just the digits that write
+  it exactly: neighbours never read alike ("1.01, 1, 1"), and no AUROC tick exceeds 1;
+- legends sit below the plot in as many columns as fit, each group (models, paths) in
+  columns of its own, and the figure grows to hold them instead of shrinking the plot.
 
-Text from data is escaped by matplotlib's SVG writer, and maths parsing is off, so a
-`$` in a category name is shown as it is. Styles (`Style`) give every series a colour, a
-marker and a dash pattern of its own, so eight models stay apart in colour and shape.
+Series carry data attributes (`attrs`) onto their `<g class="series">`, so the page can be
+checked against the store.
 
 Example:
     >>> svg = line_chart("roc-demo_grid", [Series("PatchCore", [(0, 0), (0.1, 0.9), (1, 1)])],
@@ -20,27 +18,19 @@ Example:
     ...                  x_range=(0, 1), y_range=(0, 1))
     >>> svg.startswith('<svg id="roc-demo_grid" class="chart"')
     True
-
-See Also:
-    matplotlib's SVG backend: https://matplotlib.org/stable/api/backend_svg_api.html
 """
 
 from __future__ import annotations
 
-import io
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from html import escape
 
-import matplotlib
 from markupsafe import Markup
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
-from matplotlib.textpath import TextToPath
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+from tasks.report.svg_figure import SvgFigure, text_width
 
 # Tableau's ten categorical colours: distinct from one another on white
 PALETTE = (
@@ -57,28 +47,7 @@ PALETTE = (
 )
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")  # 9: coprime with 10 colours
 DASHES = ("", "6 3", "2 2", "8 3 2 3", "4 1")
-RING = "#111827"
-FONT = "DejaVu Sans"  # what the SVG asks the browser for; matplotlib lays text out in it
-FONT_SIZE = 10
-SVG_RC = {
-    "svg.fonttype": "none",
-    "text.parse_math": False,
-    "font.family": "sans-serif",
-    "font.sans-serif": [FONT],
-    "font.size": FONT_SIZE,
-    "axes.titlesize": 12,
-    "axes.labelsize": 11,
-    "axes.edgecolor": "#cbd5e1",
-    "axes.labelcolor": "#374151",
-    "axes.titlecolor": "#111827",
-    "axes.titleweight": "bold",
-    "axes.grid": True,
-    "grid.color": "#eef2f7",
-    "xtick.color": "#6b7280",
-    "ytick.color": "#6b7280",
-    "legend.fontsize": FONT_SIZE,
-    "legend.frameon": False,
-}
+RING = "#111827"  # the ring around a highlighted point
 
 
 @dataclass(frozen=True)
@@ -163,7 +132,7 @@ def line_chart(
     """A line chart with its legend below. Non-finite y values (and, on a log axis,
     non-positive ones) break the line instead of bending it. `x_tick_labels` names the
     integer x positions 0, 1, ... (e.g. runs)."""
-    with _Chart(chart_id, title, width, height) as chart:
+    with SvgFigure(chart_id, title, width, height) as chart:
         return _draw_lines(
             chart,
             series,
@@ -268,7 +237,7 @@ def scatter_chart(
 ) -> Markup:
     """A scatter chart, its keys (`legend`) below it. Points with a non-finite value, or
     (on a log axis) a non-positive x, are left out. No tick above `y_max`."""
-    with _Chart(chart_id, title, width, height) as chart:
+    with SvgFigure(chart_id, title, width, height) as chart:
         return _draw_points(chart, points, x_label, y_label, log_x, legend, y_max)
 
 
@@ -329,114 +298,6 @@ def thin(points: Sequence[tuple[float, float]], max_points: int = 600) -> list[t
     return kept
 
 
-class _Chart:
-    """One figure being drawn, inside the report's matplotlib settings (`SVG_RC`, entered
-    for the figure's whole life: text takes its font when it is made): its axes, its
-    legend keys, and the `<g>` groups that become classes and data attributes."""
-
-    LEGEND_ROW = 17  # px per legend row
-
-    def __init__(self, chart_id: str, title: str, width: int, height: int) -> None:
-        self.chart_id, self.title = chart_id, title
-        self.width, self.height = width, height
-        self.plot_width, self.plot_height = width - 70, height - 70
-        self.groups: dict[str, str] = {}  # gid -> the <g> start tag it becomes
-        self.keys: dict[str, list[tuple]] = {}  # legend group -> (handle, label)
-        self._settings = matplotlib.rc_context({**SVG_RC, "svg.hashsalt": chart_id})
-
-    def __enter__(self) -> _Chart:
-        self._settings.__enter__()
-        self.figure = Figure(
-            figsize=(self.width / 72, self.height / 72), dpi=72, layout="constrained"
-        )
-        self.ax = self.figure.add_subplot()
-        if self.title:
-            self.ax.set_title(self.title, loc="left")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._settings.__exit__(*exc)
-
-    def group(self, kind: str, label: str, attrs: dict[str, str]) -> str:
-        """The gid of a new artist: its `<g>` becomes class `kind`, `attrs` as data-*
-        attributes and `label` as its `<title>`."""
-        gid = f"{kind}-gid-{len(self.groups)}"
-        data = "".join(f' data-{escape(k)}="{escape(str(v))}"' for k, v in attrs.items())
-        self.groups[gid] = f'<g class="{kind}"{data}><title>{escape(label)}</title>'
-        return gid
-
-    def key(self, handle, label: str, group: str = "") -> None:
-        self.keys.setdefault(group, []).append((handle, label))
-
-    def render(self) -> Markup:
-        if self.keys:
-            handles, labels, rows = _legend_layout(list(self.keys.values()), self.width - 20)
-            self.figure.set_figheight((self.height + rows * self.LEGEND_ROW) / 72)
-            self.figure.legend(
-                handles,
-                labels,
-                loc="outside lower center",
-                ncols=len(labels) // rows,
-                handlelength=2.6,
-                columnspacing=1.4,
-                borderaxespad=0.2,
-            )
-        buffer = io.StringIO()
-        self.figure.savefig(buffer, format="svg", metadata={"Date": None})
-        return Markup(_inline(buffer.getvalue(), self.chart_id, self.title, self.groups))
-
-
-def _inline(svg: str, chart_id: str, title: str, groups: dict[str, str]) -> str:
-    """matplotlib's SVG document as an element to put inside HTML (see the module doc)."""
-    svg = svg[svg.index("<svg") :]
-    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
-    svg = re.sub(r'\s*<style type="text/css">.*?</style>', "", svg, flags=re.S)
-    svg = re.sub(r"\s*<defs>\s*</defs>", "", svg)
-    svg = svg.replace("xlink:href=", "href=")
-    for gid, start_tag in groups.items():
-        svg = svg.replace(f'<g id="{gid}">', start_tag)
-    referenced = set(re.findall(r'(?:href="#|url\(#)([^")]+)', svg))
-
-    def keep(match: re.Match) -> str:
-        ident = match.group(1)
-        kind = re.fullmatch(r"(xtick|ytick|legend)_\d+", ident)
-        if kind:
-            return f' class="{kind.group(1)}"'
-        return match.group(0) if ident in referenced else ""
-
-    head, body = svg.split(">", 1)
-    body = re.sub(r' id="([^"]*)"', keep, body)
-    box = re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', head)
-    w, h = (round(float(v)) for v in box.groups()) if box else (0, 0)
-    root = (
-        f'<svg id="{escape(chart_id)}" class="chart" viewBox="0 0 {w} {h}" width="{w}" '
-        f'height="{h}" role="img" aria-label="{escape(title or chart_id)}"'
-    )
-    return root + ">" + body.strip()
-
-
-def _legend_layout(groups: list[list[tuple]], room: float) -> tuple[list, list[str], int]:
-    """Legend keys in columns, each group in columns of its own (models apart from paths),
-    in as few rows as fit `room` px: (handles, labels, rows), blank keys padding each
-    group's last column (matplotlib fills a legend column by column)."""
-    measure = TextToPath()
-    font = FontProperties(family=FONT, size=FONT_SIZE)
-    labels = [label for group in groups for _, label in group]
-    widest = max(measure.get_text_width_height_descent(t, font, ismath=False)[0] for t in labels)
-    fit = max(1, int(room // (widest + FONT_SIZE * (2.6 + 0.8 + 1.4))))  # + handle, gaps
-    rows = next(
-        r for r in range(1, len(labels) + 1) if sum(math.ceil(len(g) / r) for g in groups) <= fit
-    )
-    handles, names = [], []
-    for group in groups:
-        padded = math.ceil(len(group) / rows) * rows
-        blank = (Line2D([], [], linestyle="", marker=""), "")
-        for handle, label in group + [blank] * (padded - len(group)):
-            handles.append(handle)
-            names.append(label)
-    return handles, names, rows
-
-
 def _number_ticks(
     axis,
     limits: tuple[float, float],
@@ -448,7 +309,7 @@ def _number_ticks(
     """Round tick values, as many as fit in `room` px, labelled with just enough digits
     for neighbours to differ (never "1.01, 1, 1"); none above `cap` (AUROC: 1)."""
     low, high = sorted(limits)
-    bins = max(2, min(6, int(room // 55)))
+    bins = max(2, min(6, int(room // 45)))
     if log:
         decades = math.log10(high) - math.log10(low)
         subs = (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 4 else (1,)
@@ -473,11 +334,7 @@ def _number_ticks(
 
 def _named_ticks(axis, labels: Sequence[str], room: float) -> None:
     """Integer positions named by `labels`, thinned to what fits without overlapping."""
-    font = FontProperties(family=FONT, size=FONT_SIZE)
-    measure = TextToPath()
-    widest = max(
-        (measure.get_text_width_height_descent(t, font, False)[0] for t in labels), default=0
-    )
+    widest = max(map(text_width, labels), default=0)
     fits = max(1, int(room // (widest + 12)))
     step = math.ceil(len(labels) / fits)
     positions = list(range(len(labels) - 1, -1, -step))[::-1]  # the newest always named
