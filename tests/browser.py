@@ -254,3 +254,26 @@ def _missing_charts(con, run_id: str, charts: dict[str, int]) -> list[str]:
         for chart_id in sorted(wanted)
         if charts.get(chart_id, 0) == 0
     ]
+
+
+def screenshot(report_path: Path, out: Path, selector: str | None = None, height: int = 900):
+    """A PNG of the report's first screen (1360 px wide, `height` tall), or of the element
+    `selector` picks, as the headless browser of the tests renders it."""
+    from playwright.sync_api import sync_playwright
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": height})
+            page.goto(Path(report_path).resolve().as_uri(), wait_until="load")
+            target = page.locator(selector).first if selector else page
+            target.screenshot(path=str(out))
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":  # the README's pictures: python tests/browser.py REPORT OUT [SELECTOR]
+    import sys
+
+    screenshot(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])
