@@ -24,6 +24,7 @@ import datetime
 import os
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -90,12 +91,10 @@ def stamp(hardware: str | None = None, command: str | None = None, kind: str = "
     """Where, when, with which code and by which command the figures were made. `kind`:
     "measured" here and now; "computed" (no timing: the same anywhere); or "stored"
     (timed earlier, on `hardware`, and read back from the file `command` names)."""
-    from tasks.results.provenance import detect_code_version
-
     day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     command = command or command_line()
     if kind == "computed":
-        version = detect_code_version()
+        version = code_version()
         return (
             f"Computed (no timing: any machine gives these), code `{version}`, {day}, "
             f"by\n`{command}`"
@@ -112,8 +111,26 @@ def stamp(hardware: str | None = None, command: str | None = None, kind: str = "
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"Measured on **{hardware}** (load average {load:.1f} at the end, others' work "
-        f"included), code `{detect_code_version()}`, {day}, by\n`{command}`"
+        f"included), code `{code_version()}`, {day}, by\n`{command}`"
     )
+
+
+def code_version() -> str:
+    """`git describe --always`, with `-dirty` when files other than this page changed
+    (writing one section must not mark the next one's code as modified)."""
+    from tasks.results.provenance import detect_code_version
+
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", f":!{PERFORMANCE_MD.relative_to(REPO)}"],
+            cwd=REPO, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return detect_code_version()
+    return described + ("-dirty" if changed else "")
 
 
 def section(
