@@ -109,8 +109,8 @@ def nightly_table(patchcore_min: float, efficientad_min: float) -> Table:
         print(f"  {gpus:>2} GPUs: {minutes / 60:5.2f} h wall, {held:6.1f} GPU-hours held")
         table.add(gpus, f"{minutes / 60:.2f}", f"{held:.1f}")
     table.notes.append(
-        "arithmetic on the per-cell minutes given (cells handed to free workers in the "
-        "flow's order); the minutes themselves are measurements, see their own sections"
+        "arithmetic on the per-cell minutes given, which are inputs, not measured here "
+        "(cells handed to free workers in the flow's order)"
     )
     return table
 

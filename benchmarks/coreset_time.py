@@ -179,7 +179,7 @@ def main() -> None:
     )
 
     # The demo size first: run after the real size, anomalib's greedy grew the heap past
-    # 24 GiB (killed for memory on a 2-core AMD EPYC): glibc, having freed the real size's
+    # 24 GiB (killed for memory): glibc, having freed the real size's
     # large buffers, served its 25.6 MB per-step buffers from a heap that kept growing.
     table = Table(
         "coreset_time",
