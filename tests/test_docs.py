@@ -73,3 +73,40 @@ def test_the_readme_names_no_hardware_and_gives_no_timing():
         re.I,
     )
     assert [line for line in README.read_text().splitlines() if pattern.search(line)] == []
+
+
+def test_a_section_is_rewritten_between_its_markers_and_nothing_else(tmp_path):
+    from benchmarks.performance import write_section
+
+    page = tmp_path / "performance.md"
+    page.write_text("# Performance\n\nkept\n\n<!-- BEGIN a -->\nold\n<!-- END a -->\n\ntail\n")
+    write_section(page, "a", "new")
+    write_section(page, "b", "appended")
+    assert page.read_text() == (
+        "# Performance\n\nkept\n\n<!-- BEGIN a -->\nnew\n<!-- END a -->\n\ntail\n"
+        "\n<!-- BEGIN b -->\nappended\n<!-- END b -->\n"
+    )
+
+
+def test_a_benchmark_writes_its_table_stamped_with_its_command(tmp_path):
+    import subprocess
+    import sys
+
+    page = tmp_path / "performance.md"
+    page.write_text("<!-- BEGIN nightly_wall_time -->\n<!-- END nightly_wall_time -->\n")
+    command = ["-m", "benchmarks.cluster_speed", "--nightly", "4", "15"]
+    done = subprocess.run(
+        [sys.executable, *command, "--markdown", str(page)], cwd=README.parent, timeout=120
+    )
+    assert done.returncode == 0
+    text = page.read_text()
+    assert "`python -m benchmarks.cluster_speed --nightly 4 15`" in text  # --markdown left out
+    assert "Computed (no timing" in text and "| 1 | 4.75 | 4.8 |" in text
+
+
+def test_a_measured_section_names_the_hardware_read_from_the_machine():
+    from benchmarks.performance import stamp
+    from tasks.runtime.hardware import device_name
+
+    text = stamp(command="python -m benchmarks.x")
+    assert f"Measured on **{device_name('cpu')}**" in text and "`python -m benchmarks.x`" in text
