@@ -17,10 +17,10 @@ categories x both models) takes on 1..16 GPUs for the given per-cell minutes: ce
 are handed to free workers in the flow's submission order (category by category,
 PatchCore first), as the Dask scheduler does with one-thread workers.
 
-Usage:
-    python benchmarks/cluster_speed.py [--workers 2] [--categories demo_grass,demo_grid]
+Usage (`--markdown` also writes the figures into docs/performance.md):
+    python -m benchmarks.cluster_speed [--workers 2] [--categories demo_grass,demo_grid]
         [--models patchcore,efficientad] [--overrides JSON]
-    python benchmarks/cluster_speed.py --nightly 4 25
+    python -m benchmarks.cluster_speed --nightly 4 15
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ import time
 from pathlib import Path
 
 import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.performance import Table, add_markdown_option, publish  # noqa: E402
 
 MVTEC_CATEGORY_COUNT = 15
 
@@ -75,7 +79,7 @@ def run_benchmark(
     print(f"--cluster {cluster}: {seconds:.0f} s wall")
     for model, category, fit, worker in cells:
         print(f"  {model}/{category}: fit {fit:.1f} s on {worker}")
-    return seconds
+    return seconds, cells
 
 
 def nightly_minutes(gpus: int, patchcore_min: float, efficientad_min: float) -> float:
@@ -88,15 +92,27 @@ def nightly_minutes(gpus: int, patchcore_min: float, efficientad_min: float) -> 
     return max(free_at)
 
 
-def print_nightly(patchcore_min: float, efficientad_min: float) -> None:
+def nightly_table(patchcore_min: float, efficientad_min: float) -> Table:
     print(
         f"nightly: {MVTEC_CATEGORY_COUNT} categories x (PatchCore {patchcore_min:g} min + "
         f"EfficientAD {efficientad_min:g} min) per cell"
+    )
+    table = Table(
+        "nightly_wall_time",
+        f"The nightly ({MVTEC_CATEGORY_COUNT} MVTec AD categories x 2 models) on N GPUs, for "
+        f"PatchCore {patchcore_min:g} min and EfficientAD {efficientad_min:g} min per cell",
+        ["GPUs", "wall time, h", "GPU-hours held"],
     )
     for gpus in (1, 2, 4, 8, 15, 16):
         minutes = nightly_minutes(gpus, patchcore_min, efficientad_min)
         held = gpus * minutes / 60
         print(f"  {gpus:>2} GPUs: {minutes / 60:5.2f} h wall, {held:6.1f} GPU-hours held")
+        table.add(gpus, f"{minutes / 60:.2f}", f"{held:.1f}")
+    table.notes.append(
+        "arithmetic on the per-cell minutes given, which are inputs, not measured here "
+        "(cells handed to free workers in the flow's order)"
+    )
+    return table
 
 
 def main() -> None:
@@ -112,13 +128,13 @@ def main() -> None:
         metavar=("PATCHCORE_MIN", "EFFICIENTAD_MIN"),
         help="only print the nightly's wall time on 1..16 GPUs for these per-cell minutes",
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
     if args.nightly:
-        print_nightly(*args.nightly)
+        publish(nightly_table(*args.nightly), args.markdown, kind="computed")
         return
     overrides = json.loads(args.overrides) if args.overrides else {}
 
-    sys.path.insert(0, str(REPO))
     from tasks.data.demo_data import ensure_demo_dataset
 
     print(f"{os.cpu_count()} CPU cores; {args.models} x {args.categories}, quick profile")
@@ -132,11 +148,24 @@ def main() -> None:
         if "efficientad" in args.models:
             print("warm-up (untimed): ", end="")
             run_benchmark(work, data_root, "none", first, "efficientad", overrides)
-        in_process = run_benchmark(work, data_root, "none", args.categories, args.models, overrides)
-        cluster = run_benchmark(
+        in_process, in_cells = run_benchmark(
+            work, data_root, "none", args.categories, args.models, overrides
+        )
+        cluster, cluster_cells = run_benchmark(
             work, data_root, f"local:{args.workers}", args.categories, args.models, overrides
         )
     print(f"in-process / local:{args.workers} wall-time ratio: {in_process / cluster:.2f}")
+    table = Table(
+        "cluster_speed",
+        f"{args.models} x {args.categories}, quick profile, in the flow's process and on a "
+        f"local Dask cluster of {args.workers} workers",
+        ["--cluster", "wall s", "fit s per cell"],
+    )
+    for name, seconds, cells in (("none", in_process, in_cells),
+                                 (f"local:{args.workers}", cluster, cluster_cells)):  # fmt: skip
+        table.add(name, round(seconds), ", ".join(f"{m}/{c} {f:.0f}" for m, c, f, _ in cells))
+    table.notes.append(f"ratio {in_process / cluster:.2f}; overrides {args.overrides or 'none'}")
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

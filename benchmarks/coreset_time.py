@@ -18,7 +18,7 @@ of the shared MVTec AD grid subset's 25 train images.
 - the lookahead product in fp32 against bf16: time and the bf16 error, which is why the
   coreset uses fp32.
 
-Usage: python -m benchmarks.coreset_time [--steps 300] [--threads 2]
+Usage: python -m benchmarks.coreset_time [--steps 300] [--threads 2] [--markdown]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.performance import Table, add_markdown_option, publish  # noqa: E402
 from tasks.data.decode import load_images  # noqa: E402
 from tasks.models.patchcore.coreset import (  # noqa: E402
     _augmented_points,
@@ -135,7 +136,7 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def product_precision(embedding: torch.Tensor, lookahead: int = 64) -> None:
+def product_precision(embedding: torch.Tensor, table: Table, lookahead: int = 64) -> None:
     points = _augmented_points(embedding)
     dim = points.shape[1] - 2
     rows = points[torch.randperm(len(points))[:lookahead]]
@@ -150,6 +151,9 @@ def product_precision(embedding: torch.Tensor, lookahead: int = 64) -> None:
             f"  {name}: {wall * 1e3:6.1f} ms wall, {cpu * 1e3:6.1f} ms CPU per {lookahead}-row "
             f"block; squared-distance error median {error.median():.1e}, max {error.max():.1e}"
         )
+        table.add(f"lookahead product, {lookahead} rows, {name}", "", f"{wall * 1e3:.1f} ms",
+                  f"{cpu * 1e3:.1f} ms", f"distance error median {error.median():.1e}, "
+                  f"max {error.max():.1e}")  # fmt: skip
 
 
 def main() -> None:
@@ -158,6 +162,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--skip-demo", action="store_true", help="real size only")
+    add_markdown_option(parser)
     args = parser.parse_args()
     if not GRID.is_dir():
         sys.exit(f"{GRID} is absent: this benchmark needs the shared MVTec AD subset")
@@ -174,14 +179,21 @@ def main() -> None:
     )
 
     # The demo size first: run after the real size, anomalib's greedy grew the heap past
-    # 24 GiB (killed for memory on a 2-core AMD EPYC): glibc, having freed the real size's
+    # 24 GiB (killed for memory): glibc, having freed the real size's
     # large buffers, served its 25.6 MB per-step buffers from a heap that kept growing.
+    table = Table(
+        "coreset_time",
+        f"PatchCore's {args.ratio:.0%} coreset (quick profile's embedding of the real grid "
+        f"subset), torch threads {torch.get_num_threads()}",
+        ["set", "selection", "wall", "CPU", "result"],
+    )
     if not args.skip_demo:
-        demo_size(model, train, args.ratio)
-    real_size(model, train, args.ratio, args.steps)
+        demo_size(model, train, args.ratio, table)
+    real_size(model, train, args.ratio, args.steps, table)
+    publish(table, args.markdown)
 
 
-def real_size(model, train: list[Path], ratio: float, steps: int) -> None:
+def real_size(model, train: list[Path], ratio: float, steps: int, table: Table) -> None:
     real = embed(model, views(train, REAL_CATEGORY_IMAGES))
     size = int(len(real) * ratio)
     print(f"\n[real size] embedding {tuple(real.shape)}, {ratio:.0%} coreset = {size}")
@@ -196,11 +208,16 @@ def real_size(model, train: list[Path], ratio: float, steps: int) -> None:
         f"(extrapolated from {steps} steps)"
     )
     print(f"speed-up x{ref_wall / wall:.1f} wall; load average {os.getloadavg()[0]:.1f} now")
+    table.add(f"real size, {len(real):,} patches", "tasks.models.patchcore.coreset",
+              f"{wall:.1f} s", f"{cpu:.1f} s", f"{size:,} patches")  # fmt: skip
+    table.add(f"real size, {len(real):,} patches", "anomalib KCenterGreedy",
+              f"~{ref_wall:.0f} s", f"~{ref_cpu:.0f} s",
+              f"extrapolated from {steps} steps; x{ref_wall / wall:.1f} ours")  # fmt: skip
     print("\n[lookahead product, 64 rows x all patches]")
-    product_precision(real)
+    product_precision(real, table)
 
 
-def demo_size(model, train: list[Path], ratio: float) -> None:
+def demo_size(model, train: list[Path], ratio: float, table: Table) -> None:
     demo = embed(model, views(train, len(train)))
     size = int(len(demo) * ratio)
     print(f"\n[demo size] embedding {tuple(demo.shape)}, {ratio:.0%} coreset = {size}")
@@ -218,15 +235,19 @@ def demo_size(model, train: list[Path], ratio: float) -> None:
         stock, ref_wall, _ = timed(KCenterGreedy(demo, ratio).select_coreset_idxs)
     torch.manual_seed(1)
     ours, wall, _ = timed(fast_coreset_indices, demo, ratio, progress=None)
+    stock_auroc, our_auroc = image_auroc(model, demo[stock]), image_auroc(model, demo[ours])
+    tests = len(list((GRID / "test").rglob("*.png")))
     print(
-        f"anomalib KCenterGreedy (its projection) {ref_wall:6.1f} s  image AUROC "
-        f"{image_auroc(model, demo[stock]):.3f}"
+        f"anomalib KCenterGreedy (its projection) {ref_wall:6.1f} s  image AUROC {stock_auroc:.3f}"
     )
-    print(
-        f"fast_coreset_indices                    {wall:6.1f} s  image AUROC "
-        f"{image_auroc(model, demo[ours]):.3f}"
-    )
-    print(f"(image AUROC on the subset's {len(list((GRID / 'test').rglob('*.png')))} test images)")
+    print(f"fast_coreset_indices                    {wall:6.1f} s  image AUROC {our_auroc:.3f}")
+    print(f"(image AUROC on the subset's {tests} test images)")
+    where = f"demo size, {len(demo):,} patches"
+    table.add(where, "anomalib KCenterGreedy", f"{ref_wall:.1f} s", "",
+              f"image AUROC {stock_auroc:.3f} ({tests} test images)")  # fmt: skip
+    table.add(where, "fast_coreset_indices", f"{wall:.1f} s", "",
+              f"image AUROC {our_auroc:.3f}; same pick as anomalib's in {agreement:.1%} of "
+              f"steps, the first {first_split} identical")  # fmt: skip
 
 
 if __name__ == "__main__":

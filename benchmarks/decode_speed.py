@@ -6,7 +6,7 @@ the median time over its test images of `tasks.data.decode.decode` (libspng for 
 PNGs, OpenCV for the rest, then the models' resize) and of the same with OpenCV's
 `imread` for every file, and checks that both give the same pixels.
 
-Run:
+Run (`--markdown` also writes the table into docs/performance.md):
     python -m benchmarks.decode_speed --data-root ../shared/datasets/mvtec_ad_subset
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.performance import Table, add_markdown_option, publish
 from tasks.data.decode import decode
 from tasks.data.resize import resize_image
 
@@ -42,7 +43,14 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    add_markdown_option(parser)
     args = parser.parse_args()
+    table = Table(
+        f"decode_speed-{args.data_root.resolve().name}",
+        f"Image file to {args.image_size} px model input, median over the test images "
+        f"of {args.data_root.name}",
+        ["category", "images", "size", "decode + resize ms", "OpenCV + resize ms", "same pixels"],
+    )
     print(f"{'category':12}{'images':>7}{'size':>11}{'decode ms':>11}{'OpenCV ms':>11}{'same':>6}")
     for category in sorted(p for p in args.data_root.iterdir() if (p / "test").is_dir()):
         paths = sorted((category / "test").glob("*/*.png"))
@@ -59,6 +67,11 @@ def main() -> None:
             f"{category.name:12}{len(paths):>7}{f'{w}x{h}':>11}{ours:>11.1f}{theirs:>11.1f}"
             f"{'yes' if same else 'NO':>6}"
         )
+        table.add(category.name, len(paths), f"{w}x{h}", round(ours, 1), round(theirs, 1), same)
+    table.notes.append(
+        "`decode` is `tasks.data.decode.decode`: libspng for colour PNGs, OpenCV otherwise"
+    )
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ precision prints batch-1 latency p50/p95 and throughput at batch 8, JPEG/PNG dec
 resize included, and the image AUROC on the category's test set next to fp32's (plus the
 rank agreement of the scores), so a speed-up's cost in accuracy is visible.
 
-Run (about 10 min on 2 loaded Xeon cores):
+Run (`--markdown` also writes the table into docs/performance.md):
     python -m benchmarks.efficientad_speed
     python -m benchmarks.efficientad_speed --precisions fp32 bf16 --iters 10
 """
@@ -26,6 +26,7 @@ from anomalib.engine import Engine
 from scipy.stats import spearmanr
 from torchmetrics.functional.classification import binary_auroc
 
+from benchmarks.performance import Table, add_markdown_option, publish
 from tasks.data.decode import load_images
 from tasks.inference.openvino_backend import openvino_bf16_support
 from tasks.inference.torch_backend import bf16_support
@@ -111,6 +112,7 @@ def main() -> None:
         nargs="+",
         default=["fp32", "bf16", "openvino-fp32", "openvino-bf16", "openvino-int8"],
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning_fabric", "anomalib", "nncf"):
@@ -137,10 +139,18 @@ def main() -> None:
     )
     header = f"{'precision':<15}{'p50 ms':>8}{'p95 ms':>8}{'b8 img/s':>10}"
     print(header + f"{'AUROC':>7}{'dAUROC':>8}{'rank r':>8}{'setup s':>9}")
+    table = Table(
+        f"efficientad_speed-{args.category}",
+        f"EfficientAD-S on {args.category} ({len(paths)} test images, {args.steps} training "
+        f"steps), {args.iters} timed runs, torch threads {torch.get_num_threads()}",
+        ["precision", "p50 ms", "p95 ms", "img/s batch 8", "AUROC", "AUROC change",
+         "rank correlation", "setup s"],
+    )  # fmt: skip
     reference = None
     for precision in args.precisions:
         if reason := unsupported(precision):
             print(f"{precision:<15}skipped: {reason}", flush=True)
+            table.add(precision, f"skipped: {reason}", "", "", "", "", "", "")
             continue
         start = time.perf_counter()
         score = efficientad_inference(
@@ -157,6 +167,10 @@ def main() -> None:
             f"{auroc:>7.3f}{auroc - reference[1]:>+8.3f}{rank:>8.3f}{setup_s:>9.1f}",
             flush=True,
         )
+        table.add(precision, f"{timing.p50_ms:.0f}", f"{timing.p95_ms:.0f}",
+                  f"{timing.throughput_ips:.2f}", f"{auroc:.3f}", f"{auroc - reference[1]:+.3f}",
+                  f"{rank:.3f}", f"{setup_s:.1f}")  # fmt: skip
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Lightning (without Lightning's own overhead, the same for both). Prints seconds 
 whether the CPU has AMX (bf16 is only faster with it).
 
 Usage: python -m benchmarks.efficientad_train_speed [--steps 6] [--threads 2]
-       [--losses ours] [--layouts nchw nhwc] [--precisions fp32 bf16]
+       [--losses ours] [--layouts nchw nhwc] [--precisions fp32 bf16] [--markdown]
 
 bf16 is measured by default only where the CPU computes it natively (AVX-512 BF16 or
 AMX): elsewhere torch emulates it, at minutes per step.
@@ -24,6 +24,7 @@ import time
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
+from benchmarks.performance import Table, add_markdown_option, publish
 from tasks.models.efficientad.training import (
     TeacherCache,
     cpu_has_amx,
@@ -79,9 +80,16 @@ def main() -> None:
         default=["fp32", "bf16"] if cpu_has_bf16() else ["fp32"],
         help="default: bf16 too where the CPU computes it natively",
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    table = Table(
+        "efficientad_train_speed",
+        f"One EfficientAD-S training step (256 px, batch 1, Adam), median of {args.steps} "
+        f"after a warm-up step, torch threads {torch.get_num_threads()}",
+        ["losses", "precision", "layout", "s/step wall", "s/step CPU"],
+    )
     print(
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, AMX {cpu_has_amx()}, "
         f"load average {os.getloadavg()[0]:.1f}"
@@ -98,7 +106,13 @@ def main() -> None:
                 print(
                     f"{losses:<10}{precision:<11}{layout:<8}{wall:>12.2f}{cpu:>12.2f}", flush=True
                 )
+                table.add(losses, precision, layout, f"{wall:.2f}", f"{cpu:.2f}")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    table.notes.append(
+        f"torch's CPU kernels here: {torch.backends.cpu.get_cpu_capability()}; the product "
+        f"trains {chosen} (`cpu_training_layout`); nhwc = channels-last"
+    )
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ the anomaly map back to the host inside each timed run. This script times anomal
 Weights are random: latency does not depend on their values. Figures go to stdout and,
 with `--json`, to a file.
 
-Run on a machine with a CUDA GPU (about 3 min on an H200):
+Run on a machine with a CUDA GPU (`--markdown` also writes the tables into
+docs/performance.md, stamped with the GPU):
     python -m benchmarks.gpu_latency --json gpu_latency.json
+Rewrite the section from figures an earlier run stored (labelled with the GPU stored):
+    python -m benchmarks.gpu_latency --from-json benchmarks/data/gpu/gpu_latency_h200.json \
+        --markdown
 A CPU smoke run (fp32 only, few runs):
     python -m benchmarks.gpu_latency --device cpu --runs 4 --train-steps 2 --variants fp32
 """
@@ -35,6 +39,8 @@ import time
 
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
+
+from benchmarks.performance import Table, add_markdown_option, publish
 
 IMAGE_SIZE = 256
 PAPER_STEPS = 70_000
@@ -191,7 +197,15 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=200)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--from-json", help="no timing: publish the figures stored in this file")
+    add_markdown_option(parser)
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as handle:
+            stored = json.load(handle)
+        command = f"python -m benchmarks.gpu_latency --from-json {args.from_json}"
+        publish_figures(stored, args.markdown, command, kind="stored")
+        return
     if args.runs < 2 or args.train_steps < 1 or args.batch < 1 or args.batch_rounds < 1:
         parser.error(
             "--runs must be at least 2; --train-steps, --batch and --batch-rounds at least 1"
@@ -251,6 +265,41 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(figures, handle, indent=2)
+    publish_figures(figures, args.markdown)
+
+
+def publish_figures(
+    figures: dict, destination, command: str | None = None, kind: str = "measured"
+) -> None:
+    env = figures["environment"]
+    hardware = env.get("gpu") or env.get("cpu") or env["device"]
+    software = f"torch {env['torch']}" + (f" + CUDA {env['cuda']}" if env.get("cuda") else "")
+    latency = Table(
+        "gpu_latency",
+        f"EfficientAD-S (anomalib's network, random weights) at batch 1, 256 px, the mean of "
+        f"the last half of the runs, copies to and from the device included; {software}, "
+        f"anomalib {env['anomalib']}",
+        ["variant", "mean ms", "p50 ms", "p95 ms", "img/s batch 1", "img/s batch N",
+         "map difference vs fp32"],
+    )  # fmt: skip
+    for row in figures["latency"]:
+        if "error" in row:
+            latency.add(row["variant"], f"failed: {row['error'][:120]}", "", "", "", "", "")
+            continue
+        latency.add(row["variant"], f"{row['mean_last_half_ms']:.3f}", f"{row['p50_ms']:.3f}",
+                    f"{row['p95_ms']:.3f}", f"{row['images_per_s']:.0f}",
+                    f"{row['batch_images_per_s']:.0f} (batch {row['batch']})",
+                    f"{row['map_difference']:.1e}")  # fmt: skip
+    training = Table(
+        "gpu_training",
+        "One EfficientAD-S training step (teacher, student, autoencoder and the penalty "
+        "image at batch 1, Adam)",
+        ["precision", "ms per step", f"{PAPER_STEPS:,} steps, min"],
+    )
+    for row in figures["training"]:
+        training.add(row["precision"], f"{row['seconds_per_step'] * 1000:.1f}",
+                     f"{row['paper_steps_minutes']:.1f}")  # fmt: skip
+    publish([latency, training], destination, hardware=hardware, command=command, kind=kind)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,14 @@ Trains each model with the quick profile on one category
 with every inference path switched on, then prints per model and path: batch-1 p50/p95
 (image file -> score, decode included), img/s, the
 image AUROC on the full test split and its difference from torch fp32, and the speed-up
-over anomalib's default torch path and anomalib's OpenVINO export. Then the targets of
-issue 10 (256 px, batch 1, decode included): EfficientAD-S >= 15 img/s and PatchCore
-(10 % coreset) >= 40 img/s on the deployable path (AUROC within 0.005 of fp32), >= 3x
+over anomalib's default torch path and anomalib's OpenVINO export. Then the targets
+(256 px, batch 1, decode included): EfficientAD-S >= 15 img/s and PatchCore (10 %
+coreset) >= 40 img/s on the deployable path (AUROC within 0.005 of fp32), >= 3x
 anomalib's default path and faster than anomalib's OpenVINO export.
 
 Figures depend on what else runs on the cores: the load average is printed with them.
 
-Run:
+Run (`--markdown` also writes the table into docs/performance.md):
     python -m benchmarks.inference_paths                      # demo_grid (generated)
     python -m benchmarks.inference_paths --dataset mvtec \
         --data-root ../shared/datasets/mvtec_ad_subset --category grid
@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.performance import Table, add_markdown_option, publish
+from tasks.models.registry import get as registry_entry
 from tasks.results.types import AUROC_TOLERANCE, DatasetSpec, LatencyResult, deployable
 from tasks.runtime.hardware import device_name
 from tasks.runtime.profiles import ALL_INFERENCE_PATHS, load_profile
@@ -75,6 +77,22 @@ def print_table(model: str, rows: list[LatencyResult]) -> None:
         )
 
 
+def add_rows(table: Table, model: str, rows: list[LatencyResult]) -> None:
+    anomalib = {r.path: r.p50_ms for r in rows if r.path.startswith("anomalib-") and r.p50_ms}
+    best = deployable(rows)
+    for r in rows:
+        ratios = [
+            _fmt(anomalib[p] / r.p50_ms if p in anomalib and r.p50_ms else None, ".2f")
+            for p in ("anomalib-torch", "anomalib-openvino")
+        ]
+        path = f"**{r.path}** (deployable)" if r is best else r.path
+        if r.status != "ok":
+            path += f" ({r.status})"
+        table.add(registry_entry(model).display_name, path, _fmt(r.p50_ms, ".1f"),
+                  _fmt(r.throughput_ips, ".1f"), r.batch_size, _fmt(r.auroc_delta, "+.3f"),
+                  *ratios)  # fmt: skip
+
+
 def print_targets(model: str, rows: list[LatencyResult]) -> None:
     best = deployable(rows)
     if best is None:
@@ -113,6 +131,7 @@ def main() -> None:
     parser.add_argument("--timed-runs", type=int, default=50)
     parser.add_argument("--max-seconds-per-path", type=float, default=120.0)
     parser.add_argument("--work-dir", type=Path, default=None)
+    add_markdown_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="inference-paths-"))
@@ -146,6 +165,20 @@ def main() -> None:
     print()
     for model, result in results.items():
         print_targets(model, result.latency)
+    table = Table(
+        f"inference_paths-{args.category}",
+        f"Every inference path on {args.dataset}/{args.category} (quick-profile training), "
+        f"batch-1 p50 with decode, {args.timed_runs} timed runs per path",
+        ["model", "path", "p50 ms", "img/s", "batch", "AUROC change", "x anomalib-torch",
+         "x anomalib-openvino"],
+    )  # fmt: skip
+    for model, result in results.items():
+        add_rows(table, model, result.latency)
+    table.notes.append(
+        f"deployable: the fastest of this project's paths within {AUROC_TOLERANCE} AUROC of "
+        "torch-fp32; x anomalib-*: p50 speed-up over anomalib's own paths"
+    )
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Prints, per graph, the largest and mean score error as a share of the fp32 score
 the correlation with the fp32 scores and the test image AUROC change. No timing here:
 `benchmarks/inference_paths.py` times the paths.
 
-Run:
+Run (`--markdown` also writes the table into docs/performance.md):
     python -m benchmarks.int8_calibration --category demo_grass --model efficientad
     python -m benchmarks.int8_calibration --dataset mvtec \
         --data-root ../shared/datasets/mvtec_ad_subset --category leather
@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.inference_paths import _spec
+from benchmarks.performance import Table, add_markdown_option, publish
 from tasks.data.datamodule import validation_anomalies
 from tasks.data.decode import decode, load_images
 from tasks.inference.openvino_backend import (
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--category", default="demo_grass")
     parser.add_argument("--model", choices=("efficientad", "patchcore"), default="efficientad")
     parser.add_argument("--work-dir", type=Path, default=None)
+    add_markdown_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="int8-calibration-"))
@@ -91,13 +93,27 @@ def main() -> None:
         f"{len(train)} training images (+ {len(anomalies)} validation anomalies for product)"
     )
     print(f"{'int8 graph':14}{'max err':>9}{'mean err':>10}{'corr':>8}{'dAUROC':>9}")
+    table = Table(
+        f"int8_calibration-{args.model}-{args.category}",
+        f"int8 scores against fp32, {registry.get(args.model).display_name} (quick profile) on "
+        f"{args.dataset}/{args.category}, {len(labels)} test images",
+        ["int8 calibration", "largest error", "mean error", "correlation", "AUROC change"],
+    )
     for name, ov_model in (("nncf-default", default), ("product", product)):
         scores = _scores(ov_model, test)
         error = np.abs(scores - reference) / span
         change = roc_auc_score(labels, scores) - roc_auc_score(labels, reference)
         corr = np.corrcoef(scores, reference)[0, 1]
         print(f"{name:14}{error.max():9.4f}{error.mean():10.4f}{corr:8.4f}{change:+9.4f}")
+        table.add(name, f"{error.max():.4f}", f"{error.mean():.4f}", f"{corr:.4f}",
+                  f"{change:+.4f}")  # fmt: skip
     print("(errors as a share of the fp32 scores' range)")
+    table.notes.append(
+        f"errors as a share of the fp32 scores' range; nncf-default: NNCF's ranges on "
+        f"{len(train)} training images; product: those and {len(anomalies)} validation "
+        "anomalies, min/max ranges widened"
+    )
+    publish(table, args.markdown)  # int8 kernels, and so the scores, differ between CPUs
 
 
 if __name__ == "__main__":

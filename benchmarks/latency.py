@@ -1,4 +1,4 @@
-"""Inference latency and throughput of PatchCore and EfficientAD on 2 CPU cores.
+"""Inference latency and throughput of PatchCore and EfficientAD on the CPU.
 
 Each model is trained quickly (quick profile) on one demo category, then its torch-fp32
 and torch-bf16 inference paths are timed with the benchmark's own timer
@@ -9,8 +9,8 @@ image, which adds Lightning, metrics and post-processing). Peak memory: on CUDA,
 20 ms, minus its size just before timing. Goal: PatchCore >= 20 images/s at 256x256,
 decode included.
 
-Usage: python benchmarks/latency.py [--category demo_grid] [--iters 30] [--threads 2]
-                                   [--skip-efficientad]
+Usage: python -m benchmarks.latency [--category demo_grid] [--iters 30] [--threads 2]
+                                    [--skip-efficientad] [--markdown]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from anomalib.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.performance import Table, add_markdown_option, publish  # noqa: E402
 from tasks.data.demo_data import ensure_demo_dataset  # noqa: E402
 from tasks.inference.path_types import PathContext, PathUnsupported  # noqa: E402
 from tasks.inference.paths import BUILDERS  # noqa: E402
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--skip-efficientad", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    add_markdown_option(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,6 +121,12 @@ def main() -> None:
     category_dir = ensure_demo_dataset(work / "demo") / args.category
     test_images = sorted((category_dir / "test").rglob("*.png"))
     print(f"threads {torch.get_num_threads()}, {args.category}: {len(test_images)} test images")
+    table = Table(
+        f"latency-{args.category}",
+        f"torch paths against anomalib's test path on {args.category} ({len(test_images)} test "
+        f"images, quick profile, {args.iters} timed runs, torch threads {torch.get_num_threads()})",
+        ["model", "path", "p50 ms", "p95 ms", "img/s", "batch", "+MB"],
+    )
     print(
         f"{'model':12} {'path':14} {'prec':5} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>7} "
         f"{'batch':>5} {'+MB':>6}"
@@ -162,6 +170,9 @@ def main() -> None:
                 f"{p95(t.single_ms):8.1f} {t.throughput_ips:7.1f} {t.throughput_batch:5d} "
                 f"{memory.peak_mb:6.0f}"
             )
+            table.add(name, path, f"{statistics.median(t.single_ms):.1f}",
+                      f"{p95(t.single_ms):.1f}", f"{t.throughput_ips:.1f}", t.throughput_batch,
+                      f"{memory.peak_mb:.0f}")  # fmt: skip
         start = time.perf_counter()
         engine.test(model=model, datamodule=data, verbose=False)
         per_image = (time.perf_counter() - start) / len(test_images)
@@ -169,6 +180,9 @@ def main() -> None:
             f"{name:12} {'anomalib_test':14} {'fp32':5} {per_image * 1000:8.1f} {'':>8} "
             f"{1 / per_image:7.1f} {8:5d}"
         )
+        table.add(name, "anomalib Engine.test", f"{per_image * 1000:.1f}", "",
+                  f"{1 / per_image:.1f}", 8, "")  # fmt: skip
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ false-positive rate, the detection rate, the detection delay and the spike magni
 then replays the clean curves through the detector at stricter and looser thresholds.
 
     python -m benchmarks.spike_detection --seeds 5 --steps 40 --inject-at 25
+    python -m benchmarks.spike_detection --replay-only --markdown   # into docs/performance.md
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.performance import Table, add_markdown_option, publish
 from tasks.data.datamodule import make_datamodule
 from tasks.data.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
 from tasks.models.registry import settings_for
@@ -66,7 +68,7 @@ def _shift_sweep(rows: list[tuple[int, float]], factor: float, settings: SpikeSe
     return outcomes
 
 
-def replay_stored() -> None:
+def replay_stored() -> list[Table]:
     """False alarms of the detector on the stored long clean curves, at several settings,
     and how it catches lasting shifts injected into them."""
     from benchmarks.clean_loss_curves import DATA_DIR, read_curve
@@ -85,9 +87,21 @@ def replay_stored() -> None:
         ("shift_steps 4", {"shift_steps": 4}),
         ("shift_ratio 1.5", {"shift_ratio": 1.5}),
     ]
+    alarms_table = Table(
+        "spike_detection_replay",
+        f"False alarms on the stored clean curves ({', '.join(curves)})",
+        ["detector settings", "curves with a false alarm"],
+    )
+    shifts_table = Table(
+        "spike_detection_shifts",
+        "Lasting shifts injected at every 3rd step from step 100 on (default settings)",
+        ["curve", "shift", "positions", "missed", "dated after the shift",
+         "confirmed after, median / max steps"],
+    )  # fmt: skip
     for label, update in variants:
         alarms = _replay(list(curves.values()), default.model_copy(update=update))
         print(f"replay at {label:>16}: {alarms}/{len(curves)} curves with a false alarm")
+        alarms_table.add(label, f"{alarms} of {len(curves)}")
     for name, rows in curves.items():
         loss = [(s, v) for s, n, v in rows if n == "train_loss"]
         for factor in (3.0, 5.0, 10.0, 100.0):
@@ -100,6 +114,9 @@ def replay_stored() -> None:
                 f"missed {len(outcomes) - len(caught)}, dated after the shift {late}, "
                 f"confirmed after median {statistics.median(delays):g} / max {max(delays)} steps"
             )
+            shifts_table.add(name, f"x{factor:g}", len(outcomes), len(outcomes) - len(caught),
+                             late, f"{statistics.median(delays):g} / {max(delays)}")  # fmt: skip
+    return [alarms_table, shifts_table]
 
 
 def main() -> None:
@@ -114,11 +131,13 @@ def main() -> None:
     parser.add_argument(
         "--teacher-distill-steps", type=int, default=None, help="fallback teacher; default: profile"
     )
+    add_markdown_option(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    replay_stored()
+    replay = replay_stored()
     if args.replay_only:
+        publish(replay, args.markdown, kind="computed")
         return
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="spike_benchmark_"))
     root = ensure_demo_dataset(work / "demo")
@@ -199,6 +218,15 @@ def main() -> None:
             f"replay clean curves at robust_z {z:4.1f}: {_replay(clean_curves, looser)}/{n} flagged"
         )
     print(f"wall time {elapsed:.0f} s for {2 * n} runs")
+    runs = Table(
+        f"spike_detection-{args.category}",
+        f"Short EfficientAD-{settings.model_size} trainings on {args.category}, {args.steps} "
+        f"steps, learning rate x1000 at step {args.inject_at} in the injected runs",
+        ["clean runs flagged", "injected spikes flagged", "median delay, steps", "wall s"],
+    )
+    runs.add(f"{sum(false_alarms)} of {n}", f"{detected} of {n}",
+             statistics.median(delays) if delays else None, round(elapsed))  # fmt: skip
+    publish([*replay, runs], args.markdown, name=runs.name)
 
 
 if __name__ == "__main__":

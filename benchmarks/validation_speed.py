@@ -6,8 +6,8 @@ of 160 train/good, 30 test/good and 60 defective test images with their masks, R
 cache (hashing and full decoding of every file) plus `validate_manifest` (pandera and the
 Great Expectations suite, GX import included), and the rerun with the cache warm.
 
-Usage:
-    python benchmarks/validation_speed.py [--workers N]
+Usage (`--markdown` also writes the figures into docs/performance.md):
+    python -m benchmarks.validation_speed [--workers N] [--markdown]
 """
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ def build_images(root: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=None)
-    workers = parser.parse_args().workers
+    from benchmarks.performance import Table, add_markdown_option, publish
+
+    add_markdown_option(parser)
+    args = parser.parse_args()
+    workers = args.workers
 
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp) / "data", Path(tmp) / "manifest_cache.json"
@@ -99,6 +103,18 @@ def main() -> None:
     print(f"cached rerun: manifest {warm_manifest:.2f} s + validate {warm_validate:.2f} s "
           f"= {warm_manifest + warm_validate:.2f} s")  # fmt: skip
     print(f"rules: {len(report.rules)}, passed: {report.passed}")
+    table = Table(
+        "validation_speed",
+        f"The validation gate on {n_images} images of {SIZE} px ({len(manifest)} files with "
+        f"the masks, {mb:.0f} MB; workers: {workers or 'default'})",
+        ["run", "imports s", "manifest s", "pandera + GX s", "total s"],
+    )
+    table.add("cold cache", round(imports, 2), round(cold_manifest, 2), round(cold_validate, 2),
+              round(cold, 2))  # fmt: skip
+    table.add("cached rerun", "", round(warm_manifest, 2), round(warm_validate, 2),
+              round(warm_manifest + warm_validate, 2))  # fmt: skip
+    table.notes.append(f"{len(report.rules)} rules, all passed: {report.passed}")
+    publish(table, args.markdown)
 
 
 if __name__ == "__main__":

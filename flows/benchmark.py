@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -47,7 +47,7 @@ from tasks.results.runs import (
     split_list,
 )
 from tasks.results.store.result_store import DEFAULT_LOCK_TIMEOUT_S, ResultStore
-from tasks.results.types import DatasetSpec, ModelResult
+from tasks.results.types import DatasetSpec, ModelResult, deployable
 from tasks.runtime.cluster import (
     CLUSTER_HELP,
     ClusterSpec,
@@ -196,18 +196,30 @@ def render_report_task(db: str, run_id: str, reports_dir: str) -> Path:
     return render_report(db, run_id, reports_dir)
 
 
-def comparison_rows(results: list[ModelResult]) -> list[dict]:
+def comparison_rows(
+    results: list[ModelResult], models: Sequence[str] = (), categories: Sequence[str] = ()
+) -> list[dict]:
+    """The UI's comparison table: one row per (category, model), in the run's order of
+    categories and models, with the model's deployable path (as the report's headline)."""
+
+    def place(r: ModelResult) -> tuple:
+        c = categories.index(r.category) if r.category in categories else len(categories)
+        m = models.index(r.model) if r.model in models else len(models)
+        return (c, r.category, m, r.model)
+
     rows = []
-    for r in results:
-        batch1 = next((lat for lat in r.latency if lat.p50_ms is not None), None)  # batch-1 p50
+    for r in sorted(results, key=place):
+        best = deployable(r.latency)
         rows.append(
             {
                 "category": r.category,
                 "model": r.model,
                 "image_auroc": r.metrics.get("image_auroc"),
                 "pixel_auroc": r.metrics.get("pixel_auroc"),
+                "deployable_path": best.path if best else None,
+                "p50_ms": best.p50_ms if best else None,
+                "img_per_s": best.throughput_ips if best else None,
                 "weights": r.weights.get("source", "?"),
-                "p50_ms": batch1.p50_ms if batch1 else None,
                 "attempts": len(r.attempts),
                 "worker": r.worker,
             }
@@ -295,8 +307,8 @@ def benchmark(
     )
     create_table_artifact(
         key="benchmark-comparison",
-        table=comparison_rows(results),
-        description=f"image AUROC per category and model, run {run_id}",
+        table=comparison_rows(results, models, spec.categories),
+        description=f"image AUROC and the deployable path per category and model, run {run_id}",
     )
     logger.info("report written to %s", Path(report_path).resolve())
     if failed:

@@ -12,7 +12,8 @@ in `.stack/`. The stack only touches its own processes:
 - `up` starts the server only on a free port and checks that what answers there is its
   own child: it never deploys to, or crashes the runs of, a server it did not start;
 - the server requires an auth string (`.stack/api-auth`, mode 0600) that the worker,
-  the CLI calls and the flow runs get through PREFECT_API_AUTH_STRING; the UI asks for it;
+  the CLI calls and the flow runs get through PREFECT_API_AUTH_STRING; the UI asks for it
+  at login, and `run-demo` and `status` say where it is;
 - a failed `up` stops what it started; `down` can run any number of times.
 The end-to-end test drives the same `Stack` class on a free port in a temp folder.
 """
@@ -232,6 +233,15 @@ class Stack:
     @property
     def ui_url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def login_hint(self) -> str:
+        """What the UI's login page wants: the server's API auth string, from its file
+        (named, not printed: terminal output ends up in logs)."""
+        path = self.state_dir / "api-auth"
+        with contextlib.suppress(ValueError):
+            path = path.relative_to(Path.cwd())
+        return f"log in with the API auth string in {path}, all of it (user:password): cat {path}"
 
     def auth_string(self) -> str:
         """The server's API auth string ("user:password"), made once, readable by the owner only."""
@@ -632,10 +642,11 @@ def main(argv: list[str] | None = None) -> int:
             pid = stack.pid(name)
             print(f"{name}: {f'running, pid {pid}' if pid else 'stopped'}")
         print(f"UI: {stack.ui_url} ({'healthy' if stack.healthy() else 'not answering'})")
-        print(f"UI login (API auth string): in {stack.state_dir / 'api-auth'}")
+        print(f"UI login: {stack.login_hint}")
     else:
         print(
-            f"running deployment anomaly-benchmark/demo (watch it in the UI: {stack.ui_url}/runs)",
+            f"running deployment anomaly-benchmark/demo; watch it in the Prefect UI at "
+            f"{stack.ui_url}/runs ({stack.login_hint})",
             flush=True,
         )
         import httpx
@@ -655,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flow run: {state}")
         report = PROJECT_DIR / "reports" / "latest.html"
         print(f"report: {report if report.exists() else '(not written)'}")
-        print(f"Prefect UI: {stack.ui_url}")
+        print(f"Prefect UI: {stack.ui_url}/runs ({stack.login_hint})")
         return 0 if state == "Completed" else 1
     return 0
 

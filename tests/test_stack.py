@@ -140,6 +140,17 @@ def test_run_demo_without_a_server_says_so_in_one_line(tmp_path, monkeypatch, ca
     assert "no answer from the Prefect server" in err and "Traceback" not in err
 
 
+def test_run_demo_prints_the_ui_address_and_how_to_log_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_CLIENT_MAX_RETRIES", "0")
+    port = free_port()
+    main(["run-demo", "--state-dir", str(tmp_path), "--port", str(port)])
+    first = capsys.readouterr().out.splitlines()[0]
+    auth = tmp_path / "api-auth"
+    assert f"http://127.0.0.1:{port}/runs" in first
+    assert f"log in with the API auth string in {auth}" in first and f"cat {auth}" in first
+    assert auth.read_text() not in first  # named, never printed
+
+
 class _LooksLikePrefect(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's name
         self.send_response(200)

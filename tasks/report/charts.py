@@ -1,14 +1,22 @@
-"""Inline SVG line charts for the self-contained HTML report (ROC, loss, trend).
+"""The report's charts: line charts (ROC curves, training losses, trends) and scatter
+charts (speed against AUROC), drawn by matplotlib as inline SVG (`tasks.report.svg_figure`).
 
-Hand-written SVG rather than a plotting library: the report must work offline with no
-scripts, every chart gets a stable id the browser test can find, and many charts in one
-page must not share element ids (matplotlib's SVG reuses clip-path ids). All text that
-comes from data is escaped here, so the output can be embedded as markup.
+What makes them readable, with any number of models:
+- `styles` gives every series a colour, a marker and a dash pattern of its own, so eight
+  models stay apart in colour and shape;
+- ticks are round values, as many as fit, each labelled with just the digits that write
+  it exactly: neighbours never read alike ("1.01, 1, 1"), and no AUROC tick exceeds 1;
+- legends sit below the plot in as many columns as fit, each group (models, paths) in
+  columns of its own, and the figure grows to hold them instead of shrinking the plot.
+
+Series carry data attributes (`attrs`) onto their `<g class="series">`, so the page can be
+checked against the store.
 
 Example:
-    >>> svg = line_chart("roc-demo_grid", [Series("patchcore", [(0, 0), (0.1, 0.9), (1, 1)])],
-    ...                  x_label="FPR", y_label="TPR", x_range=(0, 1), y_range=(0, 1))
-    >>> svg.startswith('<svg id="roc-demo_grid"')
+    >>> svg = line_chart("roc-demo_grid", [Series("PatchCore", [(0, 0), (0.1, 0.9), (1, 1)])],
+    ...                  x_label="false positive rate", y_label="true positive rate",
+    ...                  x_range=(0, 1), y_range=(0, 1))
+    >>> svg.startswith('<svg id="roc-demo_grid" class="chart"')
     True
 """
 
@@ -17,12 +25,46 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from html import escape
 
 from markupsafe import Markup
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
-PALETTE = ("#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2", "#65a30d")
-DASHES = ("", "6 3", "2 3", "8 3 2 3")
+from tasks.report.svg_figure import SvgFigure, text_width
+
+# Tableau's ten categorical colours: distinct from one another on white
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h")  # 9: coprime with 10 colours
+DASHES = ("", "6 3", "2 2", "8 3 2 3", "4 1")
+RING = "#111827"  # the ring around a highlighted point
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one series looks: colour, marker shape, dash pattern ("" = solid)."""
+
+    color: str
+    marker: str
+    dash: str
+
+
+def styles(count: int) -> list[Style]:
+    """`count` styles that differ pairwise in colour, marker or dash, in a fixed order."""
+    return [
+        Style(PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)], DASHES[i % len(DASHES)])
+        for i in range(count)
+    ]
 
 
 @dataclass
@@ -33,6 +75,7 @@ class Series:
     dash: str = ""
     width: float = 1.8
     opacity: float = 1.0
+    marker: str | None = None  # drawn at a few points along the line
     attrs: dict[str, str] = field(default_factory=dict)  # extra data-* attributes
 
 
@@ -44,6 +87,30 @@ class Marker:
     y: float
     label: str
     color: str = "#dc2626"
+
+
+@dataclass
+class Point:
+    """One dot of a scatter chart, e.g. one inference path of one model."""
+
+    x: float
+    y: float
+    label: str
+    color: str = PALETTE[0]
+    marker: str = "o"
+    highlight: bool = False  # drawn larger, with a dark ring (e.g. the deployable path)
+    attrs: dict[str, str] = field(default_factory=dict)  # extra data-* attributes
+
+
+@dataclass
+class Key:
+    """One legend entry of a scatter chart: a colour (a model) or a marker (a path)."""
+
+    label: str
+    color: str = "#4b5563"
+    marker: str = "o"
+    ring: bool = False  # the ring drawn around highlighted points
+    group: str = ""  # keys of one group share legend columns (e.g. models, paths)
 
 
 def line_chart(
@@ -58,111 +125,159 @@ def line_chart(
     log_y: bool = False,
     markers: Sequence[Marker] = (),
     diagonal: bool = False,
-    x_ticks_labels: Sequence[str] | None = None,
+    x_tick_labels: Sequence[str] | None = None,
     width: int = 460,
     height: int = 280,
 ) -> Markup:
-    """An SVG line chart; non-finite y values break the line instead of bending it."""
-    finite = [
-        (x, y)
-        for s in series
-        for x, y in s.points
-        if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y)
-    ]
-    finite += [(m.x, m.y) for m in markers if math.isfinite(m.y) and (m.y > 0 or not log_y)]
-    xs = [p[0] for p in finite] or [0.0, 1.0]
-    ys = [p[1] for p in finite] or [0.0, 1.0]
-    x0, x1 = x_range or (min(xs), max(xs))
-    y0, y1 = y_range or (min(ys), max(ys))
-    if log_y:
-        y0, y1 = math.log10(y0), math.log10(y1)
-    if x1 - x0 <= 0:
-        x0, x1 = x0 - 0.5, x1 + 0.5
-    if y1 - y0 <= 0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    if not y_range:
-        pad = 0.05 * (y1 - y0)
-        y0, y1 = y0 - pad, y1 + pad
-
-    legend_rows = len(series) + (1 if markers else 0)
-    left, right, top, bottom = 56, 14, 26 if title else 10, 40
-    plot_h = height - top - bottom
-    full_h = height + 18 * legend_rows + 6
-    plot_w = width - left - right
-
-    def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * plot_w
-
-    def py(y: float) -> float:
-        v = math.log10(y) if log_y else y
-        return top + plot_h - (v - y0) / (y1 - y0) * plot_h
-
-    out = _open_svg(chart_id, title, width, full_h, left)
-    for value in _ticks(x0, x1):
-        x = px(value)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}"/>')
-        label = _tick_label(value, x_ticks_labels)
-        out.append(
-            f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 14}" '
-            f'text-anchor="middle">{escape(label)}</text>'
+    """A line chart with its legend below. Non-finite y values (and, on a log axis,
+    non-positive ones) break the line instead of bending it. `x_tick_labels` names the
+    integer x positions 0, 1, ... (e.g. runs)."""
+    with SvgFigure(chart_id, title, width, height) as chart:
+        return _draw_lines(
+            chart,
+            series,
+            x_label,
+            y_label,
+            x_range,
+            y_range,
+            log_y,
+            markers,
+            diagonal,
+            x_tick_labels,
         )
-    for exponent in _ticks(y0, y1, integer=log_y):
-        value = 10**exponent if log_y else exponent
-        y = py(value)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
-        out.append(
-            f'<text class="tick" x="{left - 5}" y="{y + 3.5:.1f}" '
-            f'text-anchor="end">{_format_number(value)}</text>'
-        )
-    out.append("</g>")
-    out.append(_frame(left, top, plot_w, plot_h, x_label, y_label + (" (log)" if log_y else "")))
-    if diagonal:
-        out.append(
-            f'<line class="diagonal" x1="{px(x0):.1f}" y1="{py(y0):.1f}" '
-            f'x2="{px(x1):.1f}" y2="{py(y1):.1f}"/>'
-        )
-    clip_id = f"{escape(chart_id)}-clip"
-    out.append(
-        f'<clipPath id="{clip_id}"><rect x="{left}" y="{top - 6}" width="{plot_w}" '
-        f'height="{plot_h + 12}"/></clipPath><g class="plot" clip-path="url(#{clip_id})">'
-    )
+
+
+def _draw_lines(
+    chart, series, x_label, y_label, x_range, y_range, log_y, markers, diagonal, x_tick_labels
+) -> Markup:
+    ax = chart.ax
     for s in series:
-        attrs = "".join(f' data-{escape(k)}="{escape(str(v))}"' for k, v in s.attrs.items())
-        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        for segment in _segments(s.points, log_y):
-            points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in segment)
-            out.append(
-                f'<polyline class="series" data-label="{escape(s.label)}"{attrs} '
-                f'points="{points}" stroke="{s.color}" stroke-width="{s.width}" '
-                f'stroke-opacity="{s.opacity}"{dash}/>'
-            )
-    for m in markers:
-        if not (math.isfinite(m.y) and (m.y > 0 or not log_y)):
-            continue
-        x, y = px(m.x), py(m.y)
-        out.append(
-            f'<g class="marker" data-label="{escape(m.label)}">'
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" stroke="{m.color}"/>'
-            f"<title>{escape(m.label)}</title></g>"
+        xs = [float(x) for x, _ in s.points]
+        ys = [_plottable(y, log_y) for _, y in s.points]
+        ax.plot(
+            xs,
+            ys,
+            color=s.color,
+            linewidth=s.width,
+            alpha=s.opacity,
+            linestyle=_dash(s.dash),
+            marker=s.marker,
+            markevery=max(1, len(xs) // 8) if s.marker else None,
+            markersize=5,
+            gid=chart.group("series", s.label, s.attrs),
         )
-    out.append("</g>")
-    legend_y = height + 4
-    for i, s in enumerate(series):
-        y = legend_y + 18 * i
-        dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
-        out.append(
-            f'<line x1="{left}" y1="{y}" x2="{left + 24}" y2="{y}" stroke="{s.color}" '
-            f'stroke-width="{max(s.width, 1.5)}" stroke-opacity="{s.opacity}"{dash}/>'
-            f'<text class="legend" x="{left + 30}" y="{y + 4}">{escape(s.label)}</text>'
+        chart.key(
+            Line2D(
+                [],
+                [],
+                color=s.color,
+                linewidth=max(s.width, 1.5),
+                alpha=s.opacity,
+                linestyle=_dash(s.dash),
+                marker=s.marker,
+                markersize=5,
+            ),
+            s.label,
         )
-    if markers:
-        y = legend_y + 18 * len(series)
-        out.append(
-            f'<circle cx="{left + 12}" cy="{y}" r="5" class="marker-key"/>'
-            f'<text class="legend" x="{left + 30}" y="{y + 4}">loss spike</text>'
+    shown = [m for m in markers if math.isfinite(m.y) and (m.y > 0 or not log_y)]
+    for m in shown:
+        ax.scatter(
+            [m.x],
+            [m.y],
+            s=70,
+            facecolors=m.color + "26",
+            edgecolors=m.color,
+            linewidths=2,
+            zorder=4,
+            gid=chart.group("marker", m.label, {"label": m.label}),
         )
-    out.append("</svg>")
-    return Markup("".join(out))
+    if shown:
+        chart.key(
+            Line2D(
+                [],
+                [],
+                linestyle="",
+                marker="o",
+                markersize=8,
+                markerfacecolor="#dc262626",
+                markeredgecolor="#dc2626",
+                markeredgewidth=2,
+            ),
+            "loss spike",
+        )
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="#9ca3af", linestyle=(0, (4, 4)), linewidth=1)
+    if log_y:
+        ax.set_yscale("log")
+    if x_range:
+        ax.set_xlim(*x_range)
+    if y_range:
+        ax.set_ylim(*y_range)
+    _number_ticks(ax.xaxis, ax.get_xlim(), log=False, room=chart.plot_width)
+    _number_ticks(ax.yaxis, ax.get_ylim(), log=log_y, room=chart.plot_height)
+    if x_tick_labels is not None:
+        _named_ticks(ax.xaxis, x_tick_labels, chart.plot_width)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label + (" (log)" if log_y else ""))
+    return chart.render()
+
+
+def scatter_chart(
+    chart_id: str,
+    points: Sequence[Point],
+    *,
+    x_label: str,
+    y_label: str,
+    title: str = "",
+    log_x: bool = False,
+    legend: Sequence[Key] = (),
+    y_max: float | None = None,
+    width: int = 460,
+    height: int = 280,
+) -> Markup:
+    """A scatter chart, its keys (`legend`) below it. Points with a non-finite value, or
+    (on a log axis) a non-positive x, are left out. No tick above `y_max`."""
+    with SvgFigure(chart_id, title, width, height) as chart:
+        return _draw_points(chart, points, x_label, y_label, log_x, legend, y_max)
+
+
+def _draw_points(chart, points, x_label, y_label, log_x, legend, y_max) -> Markup:
+    ax = chart.ax
+    shown = [
+        p for p in points if math.isfinite(p.x) and math.isfinite(p.y) and (p.x > 0 or not log_x)
+    ]
+    for p in shown:
+        gid = chart.group("point", p.label, p.attrs)
+        ax.scatter([p.x], [p.y], s=46, c=p.color, marker=p.marker, edgecolors="white",
+                   linewidths=0.6, zorder=3, clip_on=False, gid=gid)  # fmt: skip
+        if p.highlight:
+            ring = chart.group("ring", p.label, p.attrs)
+            ax.scatter([p.x], [p.y], s=240, facecolors="none", edgecolors=RING, linewidths=1.4,
+                       zorder=2, clip_on=False, gid=ring)  # fmt: skip
+    for k in legend:
+        look = {"markerfacecolor": "none", "markeredgecolor": RING} if k.ring else {}
+        handle = Line2D([], [], linestyle="", marker=k.marker, markersize=12 if k.ring else 7,
+                        color=k.color, **look)  # fmt: skip
+        chart.key(handle, k.label, k.group)
+    xs = [p.x for p in shown] or [1.0, 10.0]
+    ys = [p.y for p in shown] or [0.0, 1.0]
+    log_x = log_x and max(xs) / min(xs) > 4  # a narrow range reads better on a linear axis
+    if log_x:
+        ax.set_xscale("log")
+        ax.set_xlim(_round_down(min(xs) * 0.9), _round_up(max(xs) * 1.1))  # a tick at each end
+    else:
+        ax.set_xlim(*_padded(min(xs), max(xs), 0.08, 0.5))
+    low, high = min(ys), max(ys)
+    span = max(high - low, 0.02)
+    bottom, top = low - 0.1 * span, high + 0.1 * span
+    if y_max is not None:  # room for a marker at the top, no more
+        top = min(top, y_max + 0.06 * (y_max - bottom))
+    ax.set_ylim(bottom, top)
+    _number_ticks(ax.xaxis, ax.get_xlim(), log=log_x, room=chart.plot_width)
+    _number_ticks(ax.yaxis, ax.get_ylim(), log=False, room=chart.plot_height, cap=y_max)
+    ax.set_xlabel(x_label + (" (log)" if log_x else ""))
+    ax.set_ylabel(y_label)
+    return chart.render()
 
 
 def thin(points: Sequence[tuple[float, float]], max_points: int = 600) -> list[tuple]:
@@ -183,151 +298,98 @@ def thin(points: Sequence[tuple[float, float]], max_points: int = 600) -> list[t
     return kept
 
 
-def _segments(points: Sequence[tuple[float, float]], log_y: bool) -> list[list]:
-    segments: list[list] = [[]]
-    for x, y in points:
-        if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y):
-            segments[-1].append((x, y))
-        elif segments[-1]:
-            segments.append([])
-    return [s for s in segments if s]
+def _number_ticks(
+    axis,
+    limits: tuple[float, float],
+    *,
+    log: bool,
+    room: float,
+    cap: float | None = None,
+) -> None:
+    """Round tick values, as many as fit in `room` px, labelled with just enough digits
+    for neighbours to differ (never "1.01, 1, 1"); none above `cap` (AUROC: 1)."""
+    low, high = sorted(limits)
+    bins = max(2, min(6, int(room // 45)))
+    if log:
+        decades = math.log10(high) - math.log10(low)
+        subs = (1, 2, 5) if decades <= 2.5 else (1, 3) if decades <= 4 else (1,)
+        ticks = [
+            m * 10**e
+            for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+            for m in subs
+            if low <= m * 10**e <= high
+        ]
+        if len(ticks) < 2:  # less than a decade: round values on the log axis
+            ticks = [t for t in MaxNLocator(bins).tick_values(low, high) if low <= t <= high]
+    else:
+        ticks = [t for t in MaxNLocator(bins, steps=[1, 2, 5, 10]).tick_values(low, high)]
+        ticks = [t for t in ticks if low - 1e-12 <= t <= high + 1e-12]
+    if cap is not None:
+        ticks = [t for t in ticks if t <= cap + 1e-12]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_minor_locator(NullLocator())
+    digits = None if log else _digits_to_differ(ticks)
+    axis.set_major_formatter(FuncFormatter(lambda v, _: _format(v, digits)))
 
 
-def _ticks(low: float, high: float, integer: bool = False) -> list[float]:
-    """About five round tick values in [low, high]."""
-    span = high - low
-    step = 10 ** math.floor(math.log10(span / 5))
-    for factor in (1, 2, 5, 10):
-        if span / (step * factor) <= 6:
-            step *= factor
-            break
-    if integer:
-        step = max(1.0, round(step))
-    first = math.ceil(low / step) * step
-    count = int((high - first) / step + 1e-9) + 1
-    return [round(first + i * step, 10) for i in range(count)]
+def _named_ticks(axis, labels: Sequence[str], room: float) -> None:
+    """Integer positions named by `labels`, thinned to what fits without overlapping."""
+    widest = max(map(text_width, labels), default=0)
+    fits = max(1, int(room // (widest + 12)))
+    step = math.ceil(len(labels) / fits)
+    positions = list(range(len(labels) - 1, -1, -step))[::-1]  # the newest always named
+    axis.set_major_locator(FixedLocator(positions))
+    axis.set_major_formatter(
+        FuncFormatter(lambda v, _: labels[round(v)] if 0 <= round(v) < len(labels) else "")
+    )
 
 
-def _tick_label(value: float, labels: Sequence[str] | None) -> str:
-    if labels is None:
-        return _format_number(value)
-    index = round(value)
-    return labels[index] if abs(value - index) < 1e-9 and 0 <= index < len(labels) else ""
+def _digits_to_differ(ticks: Sequence[float]) -> int | None:
+    """The fewest decimals (up to 6) that write every tick exactly, so neighbours differ
+    and none is rounded to a value it is not; None for whole ticks (`_format` decides)."""
+    if all(float(t).is_integer() for t in ticks):
+        return None
+    for digits in range(1, 7):
+        if all(abs(round(t, digits) - t) < 1e-9 for t in ticks):
+            return digits
+    return 6
 
 
-def _format_number(value: float) -> str:
+def _format(value: float, digits: int | None = None) -> str:
     if value == 0:
         return "0"
     magnitude = abs(value)
-    if magnitude >= 10000 or magnitude < 0.001:
+    if digits is not None and magnitude >= 0.001:
+        return f"{value:.{digits}f}"
+    if magnitude >= 10000 or magnitude < 0.0001:
         return f"{value:.0e}"
-    if magnitude >= 100:
+    if magnitude >= 100 or float(value).is_integer():
         return f"{value:.0f}"
     return f"{value:.3g}"
 
 
-@dataclass
-class Point:
-    """One labelled dot of a scatter chart, e.g. an inference path."""
-
-    x: float
-    y: float
-    label: str
-    color: str = PALETTE[0]
-    highlight: bool = False  # drawn larger, with a ring (e.g. the deployable path)
-    attrs: dict[str, str] = field(default_factory=dict)  # extra data-* attributes
+def _round_down(value: float) -> float:
+    """The largest of 1, 2, 5 x 10^k at or below `value` (> 0)."""
+    exponent = math.floor(math.log10(value))
+    return max(m * 10**exponent for m in (1, 2, 5) if m * 10**exponent <= value * (1 + 1e-9))
 
 
-def scatter_chart(
-    chart_id: str,
-    points: Sequence[Point],
-    *,
-    x_label: str,
-    y_label: str,
-    title: str = "",
-    log_x: bool = False,
-    width: int = 460,
-    height: int = 280,
-) -> Markup:
-    """An SVG scatter chart with each dot labelled; non-finite or (log) non-positive x
-    points are left out."""
-    shown = [
-        p for p in points if math.isfinite(p.x) and math.isfinite(p.y) and (p.x > 0 or not log_x)
-    ]
-
-    def tx(x: float) -> float:
-        return math.log10(x) if log_x else x
-
-    xs = [tx(p.x) for p in shown] or [0.0, 1.0]
-    ys = [p.y for p in shown] or [0.0, 1.0]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x_pad = 0.08 * (x1 - x0) if x1 > x0 else 0.5
-    y_pad = 0.08 * (y1 - y0) if y1 > y0 else 0.01
-    x0, x1, y0, y1 = x0 - x_pad, x1 + x_pad * 3, y0 - y_pad, y1 + y_pad
-    left, right, top, bottom = 56, 14, 26 if title else 10, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(x: float) -> float:
-        return left + (tx(x) - x0) / (x1 - x0) * plot_w
-
-    def py(y: float) -> float:
-        return top + plot_h - (y - y0) / (y1 - y0) * plot_h
-
-    out = _open_svg(chart_id, title, width, height, left)
-    for value in _ticks(x0, x1, integer=log_x):
-        shown_value = 10**value if log_x else value
-        x = left + (value - x0) / (x1 - x0) * plot_w
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}"/>')
-        out.append(
-            f'<text class="tick" x="{x:.1f}" y="{top + plot_h + 14}" '
-            f'text-anchor="middle">{_format_number(shown_value)}</text>'
-        )
-    for value in _ticks(y0, y1):
-        y = py(value)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
-        out.append(
-            f'<text class="tick" x="{left - 5}" y="{y + 3.5:.1f}" '
-            f'text-anchor="end">{_format_number(value)}</text>'
-        )
-    out.append("</g>")
-    out.append(_frame(left, top, plot_w, plot_h, x_label + (" (log)" if log_x else ""), y_label))
-    for p in shown:
-        attrs = "".join(f' data-{escape(k)}="{escape(str(v))}"' for k, v in p.attrs.items())
-        x, y = px(p.x), py(p.y)
-        ring = (
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="8" fill="none" stroke="{p.color}"/>'
-            if p.highlight
-            else ""
-        )
-        out.append(
-            f'<g class="point" data-label="{escape(p.label)}"{attrs}>{ring}'
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{5 if p.highlight else 4}" fill="{p.color}"/>'
-            f'<text class="legend" x="{x + 7:.1f}" y="{y - 5:.1f}">{escape(p.label)}</text>'
-            f"<title>{escape(p.label)}: {_format_number(p.x)}, {_format_number(p.y)}</title></g>"
-        )
-    out.append("</svg>")
-    return Markup("".join(out))
+def _round_up(value: float) -> float:
+    """The smallest of 1, 2, 5 x 10^k at or above `value` (> 0)."""
+    exponent = math.floor(math.log10(value))
+    return min(m * 10**exponent for m in (1, 2, 5, 10) if m * 10**exponent >= value * (1 - 1e-9))
 
 
-def _open_svg(chart_id: str, title: str, width: int, height: int, left: int) -> list[str]:
-    """The chart's root element, its title and the opening of its grid group."""
-    out = [
-        f'<svg id="{escape(chart_id)}" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{escape(title or chart_id)}">'
-    ]
-    if title:
-        out.append(f'<text class="chart-title" x="{left}" y="16">{escape(title)}</text>')
-    out.append('<g class="grid">')
-    return out
+def _padded(low: float, high: float, share: float, least: float) -> tuple[float, float]:
+    pad = max(share * (high - low), least)
+    return low - pad, high + pad
 
 
-def _frame(left: int, top: int, plot_w: int, plot_h: int, x_label: str, y_label: str) -> str:
-    """The plot's border and its two axis labels."""
-    return (
-        f'<rect class="frame" x="{left}" y="{top}" width="{plot_w}" height="{plot_h}"/>'
-        f'<text class="axis-label" x="{left + plot_w / 2:.1f}" y="{top + plot_h + 32}" '
-        f'text-anchor="middle">{escape(x_label)}</text>'
-        f'<text class="axis-label" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
-        f'text-anchor="middle">{escape(y_label)}</text>'
-    )
+def _plottable(y: float | None, log: bool) -> float:
+    if y is None or not math.isfinite(y) or (log and y <= 0):
+        return math.nan
+    return float(y)
+
+
+def _dash(dash: str):
+    return "-" if not dash else (0, tuple(float(v) for v in dash.split()))

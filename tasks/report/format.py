@@ -18,7 +18,6 @@ import pandas as pd
 from PIL import Image
 
 from tasks.models import registry
-from tasks.report.charts import PALETTE
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +62,6 @@ def model_name(model: str) -> str:
     """The model's display name from its registry entry; unknown names as they are."""
     entry = registry.MODELS.get(model)
     return entry.display_name if entry is not None else model
-
-
-def model_color(model: str) -> str:
-    """One colour per registered model, in registry order; others by a hash of the name."""
-    known = list(registry.MODELS)
-    index = known.index(model) if model in known else 2 + sum(map(ord, model)) % 5
-    return PALETTE[index]
 
 
 def format_number(value: Any, digits: int = 3) -> str:

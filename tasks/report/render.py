@@ -6,10 +6,16 @@ is exactly what was stored. The file has inline CSS, inline SVG charts
 URL. It is written atomically to `reports/<run-id>/report.html` and
 `reports/latest.html`. The sections are built in `tasks.report.sections`.
 
+The first screen is for decisions: a results table with one row per (category, model),
+its test metrics beside its deployable inference path (name, p50, img/s), and one
+speed-versus-AUROC chart per category covering every model and path. Above the table
+sits the place for issue 28's recommendation per category (`decision`).
+
 Elements carry stable ids and data attributes, e.g.
 `<td data-model="patchcore" data-category="demo_grid" data-metric="image_auroc"
 data-value="0.987">`, `<svg id="roc-demo_grid">`, `<svg id="loss-patchcore-demo_grid">`,
-so a browser test can compare the page with the database.
+`<svg id="speed-auroc-demo_grid">`, `<svg id="trend-image_auroc-demo_grid">`, so a
+browser test can compare the page with the database.
 
 Example:
     >>> render_report("results/benchmark.duckdb", "2025-01-01T00-00-00")
@@ -29,13 +35,16 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from tasks.report.format import METRIC_NAMES, clean, duration, format_number, model_name
 from tasks.report.sections import (
-    comparison_table,
     environment,
     inference_path_tables,
     loss_charts,
+    model_styles,
     overlays,
+    path_results,
     provenance,
+    results_table,
     roc_charts,
+    speed_charts,
     trend,
     validation_summary,
 )
@@ -111,24 +120,30 @@ def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) 
     models = list(dict.fromkeys([*run["models"], *(r["model"] for r in results)]))
     categories = list(dict.fromkeys([*run["categories"], *(r["category"] for r in results)]))
     result_by_key = {(r["model"], r["category"]): r for r in results}
+    style = model_styles(models)
+    paths = path_results(latency)
     return {
         "run": _run_header(run),
         "models": models,
         "categories": categories,
-        "table": comparison_table(models, categories, metrics, averages, latency, result_by_key),
+        # issue 28 fills this: the recommendation per category, the critical-difference
+        # diagram; templates/_decision.html.j2 shows it above the results table
+        "decision": None,
+        "table": results_table(models, categories, metrics, averages, paths, result_by_key, style),
+        "speed_charts": speed_charts(models, categories, paths, style),
         "all_metrics": metrics,
         "latency": latency,
-        "roc_charts": roc_charts(models, categories, roc, metrics),
+        "roc_charts": roc_charts(models, categories, roc, metrics, style),
         "loss_charts": loss_charts(attempts, losses, recoveries),
         "stage_failures": [s for s in stages if s["status"] == "failed"],
         "stages": stages,
         "validation": validation_summary(validations, run),
         "overlays": overlays(artifacts),
         "other_artifacts": [a for a in artifacts if not a["kind"].startswith("overlay")],
-        "trend": trend(comparison, history, run_id, tolerance),
+        "trend": trend(comparison, history, run_id, tolerance, style),
         "provenance": provenance(results),
         "environment": environment(run, results, latency),
-        "inference_paths": inference_path_tables(latency, models, categories),
+        "inference_paths": inference_path_tables(paths, models, categories),
         "score_counts": score_counts,
     }
 

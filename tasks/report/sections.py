@@ -1,12 +1,15 @@
 """The report's sections, each built from the rows read back from the store.
 
 `tasks.report.render` reads the store once and hands each section its rows: the
-comparison table, ROC and loss charts, the validation summary, overlays, the trend
-against earlier runs, provenance cards, the environment, and the inference-path tables.
+headline table (one row per category and model, with the model's deployable inference
+path), one speed-versus-AUROC chart per category, the inference-path tables, ROC and loss
+charts, the validation summary, overlays, the trend against earlier runs, provenance
+cards and the environment. Nothing here assumes two models: each model of the run gets
+a style of its own (`model_styles`) that every chart and the table's swatches share.
 
 Example:
-    >>> tables = inference_path_tables(latency_rows, ["patchcore"], ["demo_grid"])
-    >>> tables[0]["deployable"].path  # doctest: +SKIP
+    >>> paths = path_results(latency_rows)  # doctest: +SKIP
+    >>> inference_path_tables(paths, ["patchcore"], ["demo_grid"])[0]["deployable"].path
     'openvino-int8'
 """
 
@@ -20,19 +23,21 @@ import pandas as pd
 
 from tasks.report.charts import (
     DASHES,
-    PALETTE,
+    MARKERS,
+    Key,
     Marker,
     Point,
     Series,
+    Style,
     line_chart,
     scatter_chart,
+    styles,
     thin,
 )
 from tasks.report.format import (
     flatten,
     format_number,
     image_data_uri,
-    model_color,
     model_name,
     short_run_id,
     thin_curve,
@@ -41,47 +46,127 @@ from tasks.results.store.rows import CORE_METRICS
 from tasks.results.types import AUROC_TOLERANCE, LatencyResult, deployable
 
 TABLE_METRICS = ("image_auroc", "pixel_auroc", "image_f1", "aupro")
+ANOMALIB_PATHS = ("anomalib-torch", "anomalib-openvino")
+_LATENCY_FIELDS = set(LatencyResult.__dataclass_fields__)
+
+Cell = tuple[str, str]  # (model, category)
 
 
-def comparison_table(models, categories, metrics, averages, latency, result_by_key) -> dict:
+def model_styles(models: list[str]) -> dict[str, Style]:
+    """One style (colour, marker, dash) per model of the report, in the run's order, so
+    a model looks the same in every chart and the table's swatch matches it."""
+    return dict(zip(models, styles(len(models)), strict=True))
+
+
+def path_results(latency: list[dict]) -> dict[Cell, list[LatencyResult]]:
+    """The stored latency rows per (model, category) as LatencyResults, in `idx` order."""
+    grouped: dict[Cell, list[LatencyResult]] = {}
+    for row in latency:
+        if "image_auroc" not in row:  # a store from before paths were compared
+            continue
+        fields = {k: v for k, v in row.items() if k in _LATENCY_FIELDS}
+        grouped.setdefault((row["model"], row["category"]), []).append(LatencyResult(**fields))
+    return grouped
+
+
+def results_table(models, categories, metrics, averages, paths, result_by_key, style) -> dict:
+    """The headline table: one row per (category, model) with its test metrics and its
+    deployable path (name, p50, img/s); then one average row per model."""
     metric_at = {(m["model"], m["category"], m["metric"]): m for m in metrics}
-    headline_latency = {}
-    for row in latency:  # idx 0 first: the headline figure per (model, category)
-        if row["p50_ms"] is not None:  # a failed or skipped path has no figures
-            headline_latency.setdefault((row["model"], row["category"]), row)
     body = []
     for category in categories:
-        cells = {}
-        for model in models:
+        for i, model in enumerate(models):
             result = result_by_key.get((model, category))
-            cells[model] = {
-                "present": result is not None,
-                "fallback": bool(result and result["weights_source"] == "fallback"),
-                "metrics": {m: metric_at.get((model, category, m)) for m in TABLE_METRICS},
-                "latency": headline_latency.get((model, category)),
-                "cached_from": result.get("cached_from") if result else None,
-            }
-        body.append({"category": category, "cells": cells})
+            measured = paths.get((model, category), [])
+            body.append(
+                {
+                    "category": category,
+                    "model": model,
+                    "first": i == 0,
+                    "style": style[model],
+                    "present": result is not None,
+                    "fallback": bool(result and result["weights_source"] == "fallback"),
+                    "metrics": {m: metric_at.get((model, category, m)) for m in TABLE_METRICS},
+                    "measured": bool(measured),
+                    "deployable": deployable(measured),
+                    "cached_from": result.get("cached_from") if result else None,
+                }
+            )
     average = {(a["model"], a["metric"]): a for a in averages if a["metric"] in TABLE_METRICS}
-    latency_avg = {}
+    speed_average = {}
     for model in models:
-        rows = [headline_latency[k] for k in headline_latency if k[0] == model]
-        if rows:
-            latency_avg[model] = {
-                key: sum(r[key] for r in rows) / len(rows)
-                for key in ("p50_ms", "p95_ms", "throughput_ips")
+        chosen = [r["deployable"] for r in body if r["model"] == model and r["deployable"]]
+        if chosen:
+            speed_average[model] = {
+                "p50_ms": sum(d.p50_ms for d in chosen) / len(chosen),
+                "throughput_ips": sum(d.throughput_ips for d in chosen) / len(chosen),
+                "count": len(chosen),
+                "total": sum(1 for r in body if r["model"] == model and r["measured"]),
             }
     return {
         "metrics": TABLE_METRICS,
         "rows": body,
         "average": average,
-        "latency_average": latency_avg,
+        "speed_average": speed_average,
+        "styles": style,
+        "tolerance": AUROC_TOLERANCE,
+        "hardware": sorted({r.hardware for rows in paths.values() for r in rows if r.hardware}),
         "any_fallback": any(r["weights_source"] == "fallback" for r in result_by_key.values()),
         "cached": [r for r in result_by_key.values() if r.get("cached_from")],
     }
 
 
-def roc_charts(models, categories, roc, metrics) -> list[dict]:
+def speed_charts(models, categories, paths, style) -> list[dict]:
+    """One speed-versus-AUROC chart per category: every model (colour) and inference path
+    (marker), each model's deployable path ringed."""
+    names = list(dict.fromkeys(r.path for rows in paths.values() for r in rows))
+    path_marker = {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(names)}
+    charts = []
+    for category in categories:
+        points, shown_models, shown_paths = [], [], []
+        for model in models:
+            rows = paths.get((model, category), [])
+            best = deployable(rows)
+            for r in rows:
+                if not (r.p50_ms and r.image_auroc is not None):
+                    continue
+                ips = 1000 / r.p50_ms
+                points.append(
+                    Point(
+                        x=ips,
+                        y=r.image_auroc,
+                        label=f"{model_name(model)} · {r.path}: {ips:.1f} img/s, "
+                        f"AUROC {r.image_auroc:.3f}" + (" (deployable)" if r is best else ""),
+                        color=style[model].color,
+                        marker=path_marker[r.path],
+                        highlight=r is best,
+                        attrs={"model": model, "path": r.path},
+                    )
+                )
+                shown_models += [model] if model not in shown_models else []
+                shown_paths += [r.path] if r.path not in shown_paths else []
+        if not points:
+            continue
+        legend = [Key(model_name(m), style[m].color, "o", group="model") for m in shown_models]
+        legend += [Key(p, marker=path_marker[p], group="path") for p in names if p in shown_paths]
+        legend.append(Key("deployable path", ring=True, group="path"))
+        svg = scatter_chart(
+            f"speed-auroc-{category}",
+            points,
+            x_label="images/s at batch 1, decode included",
+            y_label="image AUROC",
+            title=f"{category}: speed and accuracy",
+            log_x=True,
+            legend=legend,
+            y_max=1.0,
+            width=560,
+            height=300,
+        )
+        charts.append({"category": category, "svg": svg, "models": shown_models})
+    return charts
+
+
+def roc_charts(models, categories, roc, metrics, style) -> list[dict]:
     auroc = {(m["model"], m["category"], m["metric"]): m["value"] for m in metrics}
     charts = []
     for category in categories:
@@ -94,6 +179,7 @@ def roc_charts(models, categories, roc, metrics) -> list[dict]:
             series = []
             for curve in curves:
                 value = auroc.get((curve["model"], category, f"{level}_auroc"))
+                look = style.get(curve["model"]) or styles(1)[0]
                 label = model_name(curve["model"]) + (
                     f" (AUROC {value:.3f})" if value is not None else ""
                 )
@@ -102,8 +188,10 @@ def roc_charts(models, categories, roc, metrics) -> list[dict]:
                     Series(
                         label,
                         thin_curve(points),
-                        color=model_color(curve["model"]),
-                        width=2.2,
+                        color=look.color,
+                        dash=look.dash,
+                        marker=look.marker if len(curves) > 1 else None,
+                        width=2.0,
                         attrs={"model": curve["model"]},
                     )
                 )
@@ -120,8 +208,8 @@ def roc_charts(models, categories, roc, metrics) -> list[dict]:
                         x_range=(0.0, 1.0),
                         y_range=(0.0, 1.0),
                         diagonal=True,
-                        width=360,
-                        height=280,
+                        width=400,
+                        height=300,
                     ),
                 }
             )
@@ -141,6 +229,7 @@ def loss_charts(attempts, losses, recoveries=()) -> list[dict]:
         curves = [x for x in losses if (x["model"], x["category"]) == (model, category)]
         chosen = {a["attempt"] for a in tries if a["chosen"]}
         loss_names = list(dict.fromkeys(c["loss_name"] for c in curves))
+        loss_style = styles(len(loss_names))
         series = []
         for curve in curves:
             attempt = curve["attempt"]
@@ -150,13 +239,13 @@ def loss_charts(attempts, losses, recoveries=()) -> list[dict]:
                 for s, v in zip(curve["steps"], curve["values"], strict=True)
             ]
             series.append(
-                Series(
+                Series(  # a colour per loss, a dash pattern per attempt
                     f"attempt {attempt} · {curve['loss_name']}"
                     + (" (chosen)" if is_chosen else ""),
                     thin(points),
-                    color=PALETTE[(attempt - 1) % len(PALETTE)],
-                    dash=DASHES[loss_names.index(curve["loss_name"]) % len(DASHES)],
-                    width=2.4 if is_chosen else 1.3,
+                    color=loss_style[loss_names.index(curve["loss_name"])].color,
+                    dash=DASHES[(attempt - 1) % len(DASHES)],
+                    width=2.2 if is_chosen else 1.2,
                     opacity=1.0 if is_chosen or not chosen else 0.55,
                     attrs={"attempt": str(attempt), "chosen": str(is_chosen).lower()},
                 )
@@ -227,45 +316,53 @@ def overlays(artifacts) -> list[dict]:
     return [{"model": m, "category": c, "images": images} for (m, c), images in groups.items()]
 
 
-def trend(comparison, history: pd.DataFrame, run_id: str, tolerance: float) -> dict:
+def trend(comparison, history: pd.DataFrame, run_id: str, tolerance: float, style) -> dict:
+    """The comparison with the previous comparable run (regressions first), and one chart
+    per category of image AUROC over the recent comparable runs, a line per model."""
     rows = [c for c in comparison if c["metric"] in CORE_METRICS]
     rows.sort(key=lambda c: not c["regression"])  # stable: regressions first
     compared = [c for c in rows if c["previous_run_id"] is not None]
-    svg = None
     run_ids = list(dict.fromkeys(history["run_id"])) if len(history) else []
+    charts = []
     if len(run_ids) >= 2:
-        series = []
-        for i, ((model, category), group) in enumerate(history.groupby(["model", "category"])):
-            points = [
-                (float(run_ids.index(r)), float(v))
-                for r, v in zip(group["run_id"], group["image_auroc"], strict=True)
-                if pd.notna(v)
-            ]
-            series.append(
-                Series(
-                    f"{model_name(model)} · {category}",
-                    points,
-                    color=model_color(model),
-                    dash=DASHES[i % len(DASHES)],
-                    attrs={"model": model, "category": category},
+        models = list(style) + sorted(set(history["model"]) - set(style))
+        looks = dict(zip(models, styles(len(models)), strict=True))
+        for category, in_category in history.groupby("category", sort=False):
+            series = []
+            for model in [m for m in models if m in set(in_category["model"])]:
+                group = in_category[in_category["model"] == model]
+                points = [
+                    (float(run_ids.index(r)), float(v))
+                    for r, v in zip(group["run_id"], group["image_auroc"], strict=True)
+                    if pd.notna(v)
+                ]
+                series.append(
+                    Series(
+                        model_name(model),
+                        points,
+                        color=looks[model].color,
+                        dash=looks[model].dash,
+                        marker=looks[model].marker,
+                        attrs={"model": model, "category": category},
+                    )
                 )
+            svg = line_chart(
+                f"trend-image_auroc-{category}",
+                series,
+                title=f"{category}: image AUROC over recent runs",
+                x_label="run (oldest → newest)",
+                y_label="image AUROC",
+                x_range=(-0.3, len(run_ids) - 0.7),
+                x_tick_labels=[short_run_id(r) for r in run_ids],
+                width=460,
+                height=260,
             )
-        svg = line_chart(
-            "trend-image_auroc",
-            series,
-            title="image AUROC over recent runs",
-            x_label="run (oldest → newest)",
-            y_label="image AUROC",
-            x_range=(-0.3, len(run_ids) - 0.7),
-            x_ticks_labels=[short_run_id(r) for r in run_ids],
-            width=620,
-            height=280,
-        )
+            charts.append({"category": category, "svg": svg})
     return {
         "rows": rows,
         "compared": len(compared),
         "regressions": [c for c in rows if c["regression"]],
-        "svg": svg,
+        "charts": charts,
         "runs": len(run_ids),
         "current": run_id,
         "tolerance": tolerance,
@@ -351,27 +448,19 @@ def environment(run, results, latency) -> dict:
     return {"host": env, "packages": packages, "devices": devices, "timing": timing}
 
 
-ANOMALIB_PATHS = ("anomalib-torch", "anomalib-openvino")
-
-
-_LATENCY_FIELDS = set(LatencyResult.__dataclass_fields__)
-
-
-def inference_path_tables(latency: list[dict], models: list[str], categories: list[str]) -> list:
-    """Per (model, category): every inference path with p50, p95, img/s, AUROC, its delta
-    to torch-fp32 and its speed-up over anomalib's two paths (p50 ratio), the deployable
-    path (fastest within AUROC_TOLERANCE of fp32) and a speed-versus-AUROC chart."""
+def inference_path_tables(paths, models: list[str], categories: list[str]) -> list:
+    """Per (model, category), in category order: every inference path with p50, p95,
+    img/s, AUROC, its delta to torch-fp32 and its speed-up over anomalib's two paths (p50
+    ratio), and the deployable path (fastest within AUROC_TOLERANCE of fp32)."""
     tables = []
-    for model in models:
-        for category in categories:
-            rows = [r for r in latency if r["model"] == model and r["category"] == category]
-            if rows and "image_auroc" in rows[0]:
-                tables.append(_inference_table(model, category, rows))
+    for category in categories:
+        for model in models:
+            if paths.get((model, category)):
+                tables.append(_inference_table(model, category, paths[(model, category)]))
     return tables
 
 
-def _inference_table(model: str, category: str, rows: list[dict]) -> dict:
-    results = [LatencyResult(**{k: v for k, v in r.items() if k in _LATENCY_FIELDS}) for r in rows]
+def _inference_table(model: str, category: str, results: list[LatencyResult]) -> dict:
     best = deployable(results)
     anomalib_p50 = {r.path: r.p50_ms for r in results if r.path in ANOMALIB_PATHS and r.p50_ms}
     table_rows = []
@@ -380,26 +469,6 @@ def _inference_table(model: str, category: str, rows: list[dict]) -> dict:
             path: (p50 / r.p50_ms if r.p50_ms else None) for path, p50 in anomalib_p50.items()
         }
         table_rows.append({"row": r, "speedup": speedup, "deployable": r is best})
-    points = [
-        Point(
-            x=1000 / r.p50_ms,
-            y=r.image_auroc,
-            label=r.path,
-            color=PALETTE[3] if r.path in ANOMALIB_PATHS else model_color(model),
-            highlight=r is best,
-            attrs={"path": r.path},
-        )
-        for r in results
-        if r.p50_ms and r.image_auroc is not None
-    ]
-    chart = scatter_chart(
-        f"speed-auroc-{model}-{category}",
-        points,
-        x_label="images/s at batch 1, decode included",
-        y_label="image AUROC",
-        title=f"{model_name(model)} · {category}",
-        log_x=True,
-    )
     return {
         "model": model,
         "category": category,
@@ -407,6 +476,5 @@ def _inference_table(model: str, category: str, rows: list[dict]) -> dict:
         "anomalib_paths": [p for p in ANOMALIB_PATHS if p in anomalib_p50],
         "deployable": best,
         "tolerance": AUROC_TOLERANCE,
-        "chart": chart if points else None,
         "hardware": sorted({r.hardware for r in results if r.hardware}),
     }
