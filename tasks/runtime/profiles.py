@@ -283,13 +283,13 @@ def describe_errors(
     for e in err.errors():
         text = f"{'.'.join(map(str, [*lead, *e['loc']]))}: {e['msg']}"
         bounds = allowed_range(model, e["loc"]) if model is not None else None
-        if bounds and e["type"] in _NUMBER_ERRORS:
+        if bounds and e["type"] in NUMBER_ERRORS:
             text += f" (allowed: {bounds})"
         problems.append(text)
     return "; ".join(problems)
 
 
-_NUMBER_ERRORS = {
+NUMBER_ERRORS = {
     "finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
 }  # fmt: skip
 
@@ -315,7 +315,7 @@ def allowed_range(model: type[BaseModel], loc: tuple) -> str | None:
         if isinstance(bound, annotated_types.Le | annotated_types.Lt):
             high = f"<= {bound.le}" if isinstance(bound, annotated_types.Le) else f"< {bound.lt}"
     if low is None and high is None:
-        return "a finite number"
+        return None
     return " ".join(part for part in (low, str(loc[-1]), high) if part)
 
 
