@@ -78,6 +78,47 @@ def ensure_dir(path: Path, what: str) -> Path:
     return path
 
 
+# Below this much free space a filesystem counts as full: a write failed for want of room.
+FULL_BELOW_BYTES = 1 << 20
+
+
+def storage_problem(path: Path) -> tuple[int, str] | None:
+    """(errno, '[Errno 28] No space left on device') when the filesystem holding `path`
+    is read-only, full or not writable here, else None. For failures that do not say so
+    themselves (torch and OpenVINO raise RuntimeErrors that name neither)."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return None
+    if stats.f_flag & os.ST_RDONLY:
+        code = errno.EROFS
+    elif stats.f_bavail * stats.f_frsize < FULL_BELOW_BYTES:
+        code = errno.ENOSPC
+    elif not os.access(folder, os.W_OK):
+        code = errno.EACCES
+    else:
+        return None
+    return code, f"[Errno {code}] {os.strerror(code)}"
+
+
+def as_write_failure(err: BaseException, path: Path, what: str) -> BaseException:
+    """`err` as `WriteFailed` naming `what`, `path` and the OS error when writing there
+    is what failed (an OSError of a write errno, or any error while the filesystem is
+    full or read-only); else `err` itself."""
+    if isinstance(err, WriteFailed):
+        return err
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return WriteFailed(err.errno, f"cannot write {what} {path}: {os_error_text(err)}")
+    problem = storage_problem(path)
+    if problem is None:
+        return err
+    code, text = problem
+    return WriteFailed(code, f"cannot write {what} {path}: {text} ({type(err).__name__}: {err})")
+
+
 def write_atomic(path: Path, data: str | bytes, what: str, mode: int = 0o644) -> Path:
     """Write `data` to a temporary file beside `path`, then rename it over `path`: a
     reader sees the old file or the new one, never half of one, and a failed write
