@@ -197,7 +197,10 @@ def train_cells(
     with stop_on_signals():  # Prefect puts its own SIGTERM handler back for a subflow
         if in_process:
             for model, category in cells:
-                store.start_cell(run_id, model, category)
+                try:
+                    store.start_cell(run_id, model, category)
+                except Exception as err:  # noqa: BLE001 - the cell may still be stored
+                    logger.warning("%s/%s: its start was not recorded: %s", model, category, err)
                 cell = functools.partial(train_and_evaluate_task, *arguments(model, category))
                 store_outcome(model, category, cell)
             return results, failed
