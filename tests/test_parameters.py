@@ -57,7 +57,12 @@ REFUSED_ON_THE_CLI = [
 @pytest.mark.parametrize(("args", "message"), REFUSED_ON_THE_CLI)
 def test_the_benchmark_cli_refuses_before_starting_anything(args, message, tmp_path, capsys):
     db = tmp_path / "results" / "b.duckdb"
-    code = benchmark_cli.main([*args, "--db", str(db), "--output-dir", str(tmp_path / "runs")])
+    # a folder that is not there: were the parameters let through, the run would stop at
+    # its gate (exit 1) rather than train
+    missing = ["--dataset", "folder", "--data-root", str(tmp_path / "missing")]
+    code = benchmark_cli.main(
+        [*missing, *args, "--db", str(db), "--output-dir", str(tmp_path / "runs")]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err
@@ -66,7 +71,10 @@ def test_the_benchmark_cli_refuses_before_starting_anything(args, message, tmp_p
 
 def test_the_validate_cli_refuses_blank_and_repeated_categories(tmp_path, capsys):
     for categories, message in [("", "is blank"), ("demo_grid,demo_grid", "named twice")]:
-        code = validate_cli.main(["--categories", categories, "--db", str(tmp_path / "v.duckdb")])
+        code = validate_cli.main(
+            ["--dataset", "folder", "--data-root", str(tmp_path / "missing"),
+             "--categories", categories, "--db", str(tmp_path / "v.duckdb")]
+        )  # fmt: skip
         assert code == 2 and "categories: " in (err := capsys.readouterr().err)
         assert message in err
     assert not (tmp_path / "v.duckdb").exists()
@@ -79,6 +87,7 @@ def test_a_real_cli_process_refuses_a_nan_timeout_at_once(tmp_path):
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "flows.benchmark", "--db-lock-timeout-s", "nan",
+         "--dataset", "folder", "--data-root", str(tmp_path / "missing"),
          "--categories", "", "--db", str(tmp_path / "b.duckdb")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -109,20 +118,22 @@ def test_the_flow_refuses_what_the_cli_refuses(params, message, tmp_path, prefec
     from flows.benchmark import benchmark
 
     db = tmp_path / "b.duckdb"
-    state = benchmark(db=str(db), data_root=str(tmp_path / "demo"), **params, return_state=True)
+    missing = str(tmp_path / "missing")  # let through, the run would stop at its gate
+    state = benchmark(db=str(db), dataset="folder", data_root=missing, **params, return_state=True)
     assert state.is_failed()
     with pytest.raises(ParameterError) as refused:
         state.result()
     assert message in str(refused.value)
-    assert not db.exists() and not (tmp_path / "demo").exists()  # nothing recorded or made
+    assert not db.exists()  # nothing recorded
 
 
 def test_the_validate_flow_refuses_a_blank_category(tmp_path, prefect_api):
     from flows.validate_dataset import validate_dataset_flow
 
     state = validate_dataset_flow(
-        categories=[" "], db=str(tmp_path / "v.duckdb"), return_state=True
-    )
+        dataset="folder", data_root=str(tmp_path / "missing"), categories=[" "],
+        db=str(tmp_path / "v.duckdb"), return_state=True,
+    )  # fmt: skip
     assert state.is_failed()
     with pytest.raises(ParameterError, match="categories: item 1 of"):
         state.result()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from html import escape
 from html.parser import HTMLParser
@@ -12,9 +13,10 @@ import pytest
 from browser import table_mismatches
 from store_samples import EVIL_NAME, build_sample_store
 
-import tasks.report.render as report_module
 from tasks.report.render import render_report
 from tasks.results.store.result_store import ResultStore
+from tasks.runtime import writes
+from tasks.runtime.writes import WriteFailed
 
 
 class CellReader(HTMLParser):
@@ -106,10 +108,10 @@ def test_a_failed_write_keeps_the_previous_report(sample, monkeypatch):
     before = (reports / "latest.html").read_text()
 
     def refuse(*args):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(report_module.os, "replace", refuse)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(writes.os, "replace", refuse)  # the one write seam of the report
+    with pytest.raises(WriteFailed, match=r"cannot write report .*report\.html: \[Errno 28\]"):
         render_report(db, "run-0001", reports)
     assert (reports / "latest.html").read_text() == before
     assert not list(reports.rglob("*.tmp"))
