@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -262,8 +263,7 @@ def _dead_process() -> ProcessIdentity:
     """The identity of a process that ran on this host and has exited."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        me = this_process()
-        identity = ProcessIdentity(me.host, me.boot_id, child.pid, start_ticks(child.pid))
+        identity = replace(this_process(), pid=child.pid, started=start_ticks(child.pid))
     finally:
         child.kill()
         child.wait()
@@ -297,10 +297,11 @@ def test_reconcile_marks_crashed_the_runs_whose_process_is_gone_or_whose_lease_r
     me = this_process()
     _start_as(store, "killed", _dead_process())
     _start_as(store, "alive", me)
-    _start_as(store, "reused-pid", ProcessIdentity(me.host, me.boot_id, me.pid, me.started - 1))
+    _start_as(store, "reused-pid", replace(me, started=me.started - 1))
     _start_as(store, "other-host-lost", ProcessIdentity("elsewhere", "b", 42, 7))
     _start_as(store, "other-host-alive", ProcessIdentity("elsewhere", "b", 43, 7))
-    _start_as(store, "rebooted", ProcessIdentity(me.host, "an-earlier-boot", me.pid, me.started))
+    _start_as(store, "rebooted", replace(me, boot_id="an-earlier-boot"))
+    _start_as(store, "other-container", replace(me, pid_namespace="pid:[1]"))  # cannot tell
     _age_lease(store, "other-host-lost", 2 * LEASE_EXPIRY_S)
     _age_lease(store, "killed", 120)
     store.write_result("killed", model_result("patchcore", "demo_grid", image_auroc=0.9))
@@ -308,7 +309,7 @@ def test_reconcile_marks_crashed_the_runs_whose_process_is_gone_or_whose_lease_r
 
     assert main(["--reconcile", "--db", str(db)]) == 0
     out = capsys.readouterr().out
-    assert "4 dead runs closed; 2 still running" in out
+    assert "4 dead runs closed; 3 still running" in out
 
     status = _status(store)
     for run_id in ("killed", "reused-pid", "rebooted"):
@@ -320,6 +321,7 @@ def test_reconcile_marks_crashed_the_runs_whose_process_is_gone_or_whose_lease_r
         "no heartbeat from pid 42 on elsewhere for over 600 s: lost" in status["other-host-lost"][1]
     )
     assert status["alive"] == status["other-host-alive"] == ("running", None)
+    assert status["other-container"] == ("running", None)  # its lease is fresh
     # when: the last heartbeat, not the moment it was noticed
     ended, beat = store.query(
         "SELECT ended_at, heartbeat_at FROM runs WHERE run_id = 'killed'"

@@ -235,6 +235,7 @@ class ResultStore:
             process.boot_id,
             process.pid,
             process.started,
+            process.pid_namespace,
             utcnow(),
         ]
         self._write(
@@ -243,8 +244,8 @@ class ResultStore:
                 INSERT INTO runs (run_id, flow_run_id, started_at, ended_at, dataset,
                     data_root, categories, models, profile, status, code_version,
                     dataset_hash, environment, error, host, boot_id, pid, pid_started,
-                    heartbeat_at)
-                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', ?, ?, ?, NULL, ?, ?, ?, ?, ?)
+                    pid_namespace, heartbeat_at)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (run_id) DO UPDATE SET
                     flow_run_id = excluded.flow_run_id, ended_at = NULL,
                     dataset = excluded.dataset, data_root = excluded.data_root,
@@ -254,7 +255,8 @@ class ResultStore:
                     dataset_hash = excluded.dataset_hash,
                     environment = excluded.environment, error = NULL,
                     host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
-                    pid_started = excluded.pid_started, heartbeat_at = excluded.heartbeat_at
+                    pid_started = excluded.pid_started,
+                    pid_namespace = excluded.pid_namespace, heartbeat_at = excluded.heartbeat_at
                 """,
                 params,
             )
@@ -413,8 +415,8 @@ class ResultStore:
         """Every run still marked `running`, oldest first, with its process and lease."""
         rows = self._read(
             lambda con: con.execute(
-                "SELECT run_id, flow_run_id, host, boot_id, pid, pid_started, started_at, "
-                "heartbeat_at FROM runs WHERE status = 'running' "
+                "SELECT run_id, flow_run_id, host, boot_id, pid, pid_started, pid_namespace, "
+                "started_at, heartbeat_at FROM runs WHERE status = 'running' "
                 "AND run_id IS DISTINCT FROM ? ORDER BY started_at",
                 [except_run_id],
             ).fetchall()
@@ -423,11 +425,11 @@ class ResultStore:
             RunningRun(
                 run_id,
                 flow_run_id,
-                ProcessIdentity(host, boot, pid, started) if host and pid else None,
+                ProcessIdentity(*process) if process[0] and process[2] else None,
                 started_at,
                 heartbeat_at,
             )
-            for run_id, flow_run_id, host, boot, pid, started, started_at, heartbeat_at in rows
+            for run_id, flow_run_id, *process, started_at, heartbeat_at in rows
         ]
 
     def compare_with_previous(self, run_id: str, tolerance: float = 0.02) -> pd.DataFrame:

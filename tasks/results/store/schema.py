@@ -95,6 +95,7 @@ LEASE = (
     Column("boot_id", "VARCHAR", "", "that host's boot: a pid means nothing after it"),
     Column("pid", "INTEGER"),
     Column("pid_started", "BIGINT", "", "the process's start, clock ticks after boot"),
+    Column("pid_namespace", "VARCHAR", "", "its pid namespace: another's pids are others"),
     Column("heartbeat_at", "TIMESTAMP", "", "UTC, renewed while the run lives (lease)"),
 )
 # written by ResultStore.start_run/finish_run (an upsert that keeps the first start)
