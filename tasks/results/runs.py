@@ -20,8 +20,8 @@ the cells already stored are kept, and the flow ends Cancelled. An exception is 
 as the run `failed`, with its message, before it goes on up.
 
 A run killed outright (SIGKILL, the OOM killer, a lost host) records nothing, and its
-Prefect state may stay RUNNING for ever. So a run records its process (host, boot, pid,
-start time) and renews a lease while it lives; the next run on the store, or
+Prefect state may stay RUNNING for ever. So a run records its process (host, boot, pid
+namespace, pid, start time) and renews a lease while it lives; the next run on the store, or
 `python -m flows.benchmark --reconcile`, labels a run `crashed` when its process is gone
 (same host) or its lease ran out (another host), saying when and why, whatever Prefect
 says. Every stored cell was written whole in its own transaction, so nothing here
