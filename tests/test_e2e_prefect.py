@@ -218,6 +218,87 @@ def test_killed_worker_then_rerun_keeps_the_stored_cells_of_the_dead_run(
         assert metric_names["crashed"] == metric_names["completed"]  # whole, not partial
 
 
+def test_a_deployment_run_with_blank_or_repeated_parameters_is_refused_by_the_flow(stack, tmp_path):
+    """`prefect deployment run --param` as a cron line with an unset variable would send
+    it: Prefect's type check lets it through, the flow's own check refuses it, naming the
+    parameters, before anything is recorded or trained. (A NaN number Prefect refuses
+    itself: "'nan' is not of type 'number'".)"""
+    db = tmp_path / "bench.duckdb"
+    result = _run(
+        stack,
+        "anomaly-benchmark/demo",
+        tmp_path,
+        categories=[""],
+        models=["patchcore", "patchcore"],
+    )
+    assert result.returncode != 0 and "Failed" in result.stdout + result.stderr
+    with stack.client() as client:
+        (run,) = [
+            r for r in client.read_flow_runs()
+            if r.parameters.get("db") == str(db)
+        ]  # fmt: skip
+        message = run.state.message or ""
+    assert "categories: item 1 of [''] is blank" in message, message
+    assert "models: 'patchcore' is named twice" in message, message
+    assert not db.exists()
+
+
+def test_a_run_cancelled_from_the_ui_ends_cancelled_and_keeps_nothing_running(
+    stack, demo_root, tmp_path
+):
+    """Cancel in the UI = the worker sends SIGTERM to the flow-run process: the cell in
+    flight and the run are recorded cancelled, the flow run ends Cancelled, its process
+    exits."""
+    db = tmp_path / "bench.duckdb"
+    params = {
+        "data_root": str(demo_root),
+        "categories": [CATEGORY],
+        "models": ["efficientad"],
+        "overrides": {**TINY, "efficientad": {"max_steps": 200_000, "teacher_distill_steps": 20},
+                      "inference": FAST_INFERENCE},
+        "db": str(db),
+        "output_dir": str(tmp_path / "runs"),
+        "reports_dir": str(tmp_path / "reports"),
+    }  # fmt: skip
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name("anomaly-benchmark/demo")
+        run = client.create_flow_run_from_deployment(deployment.id, parameters=params)
+    deadline = time.monotonic() + 600
+    while _cell_status(db) != "running":
+        assert time.monotonic() < deadline, "the EfficientAD cell never started"
+        time.sleep(2)
+    flow_runs = descendants(stack.pid("worker"))
+    assert flow_runs, "the worker runs no flow-run process"
+
+    stack.prefect("flow-run", "cancel", str(run.id))
+
+    deadline = time.monotonic() + 120
+    with stack.client() as client:
+        while not (state := client.read_flow_run(run.id).state).is_final():
+            assert time.monotonic() < deadline, f"still {state.name} 120 s after cancelling"
+            time.sleep(1)
+    assert state.is_cancelled(), (state.name, state.message)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("select status, error from runs").fetchall() == [
+            ("cancelled", "interrupted by SIGTERM")
+        ]
+        ((status, error),) = con.execute("select status, error from cells").fetchall()
+    assert status == "cancelled" and "interrupted by SIGTERM" in error
+    deadline = time.monotonic() + 30
+    while [p for p in flow_runs if Path(f"/proc/{p}").exists()]:
+        assert time.monotonic() < deadline, "the flow-run process outlived its cancellation"
+        time.sleep(0.5)
+
+
+def _cell_status(db: Path) -> str | None:
+    try:
+        with duckdb.connect(str(db), read_only=True) as con:
+            row = con.execute("select status from cells").fetchone()
+    except (duckdb.IOException, duckdb.CatalogException):
+        return None
+    return row[0] if row else None
+
+
 def test_nightly_waits_paused_on_the_gpu_pool(stack):
     """The paper-profile nightly never fires on the CPU-only demo stack: its schedule is
     created paused and its pool is one no worker of this stack polls."""

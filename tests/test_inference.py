@@ -155,6 +155,29 @@ def test_a_failing_path_is_stored_as_failed_with_its_error(fitted, tmp_path):
     assert failed["p50_ms"] is None or failed["p50_ms"] != failed["p50_ms"]  # NULL
 
 
+def test_anomalibs_openvino_cache_goes_under_the_cells_folder_not_the_current_one(
+    fitted, tmp_path, monkeypatch
+):
+    """anomalib's OpenVINOInferencer keeps its compile cache in ./openvino_cache, wherever
+    the run was started; here it lands under the cell's inference folder."""
+    model, test, labels, train, _ = fitted
+    cwd = tmp_path / "started_here"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    settings = InferenceSettings(
+        paths=("torch-fp32", "anomalib-openvino"), timed_runs=2, min_timed_runs=1, warmup_runs=1
+    )
+    out = tmp_path / "cell" / "inference"
+    measured = measure_inference_paths(
+        model, test, labels, train, image_size=SIZE, out_dir=out, settings=settings
+    )
+    row = {r.path: r for r in measured.latency}["anomalib-openvino"]
+    assert row.status == "ok", row.error
+    assert list(cwd.iterdir()) == []  # nothing written where the run was started
+    cache = out / "anomalib" / "openvino_cache"
+    assert cache.is_dir() and any(p.is_file() for p in cache.rglob("*")), "no compile cache"
+
+
 def test_calibration_images_from_the_test_split_are_refused(fitted, tmp_path):
     model, test, labels, train, _ = fitted
     with pytest.raises(ValueError, match="must not be test images"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import re
 from collections import Counter
 from html import escape
@@ -22,11 +23,12 @@ from store_samples import (
     model_result,
 )
 
-import tasks.report.render as report_module
 from flows.benchmark import comparison_rows
 from tasks.report.charts import Point, Series, line_chart, scatter_chart
 from tasks.report.render import render_report
 from tasks.results.store.result_store import ResultStore
+from tasks.runtime import writes
+from tasks.runtime.writes import WriteFailed
 
 
 class CellReader(HTMLParser):
@@ -118,10 +120,10 @@ def test_a_failed_write_keeps_the_previous_report(sample, monkeypatch):
     before = (reports / "latest.html").read_text()
 
     def refuse(*args):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(report_module.os, "replace", refuse)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(writes.os, "replace", refuse)  # the one write seam of the report
+    with pytest.raises(WriteFailed, match=r"cannot write report .*report\.html: \[Errno 28\]"):
         render_report(db, "run-0001", reports)
     assert (reports / "latest.html").read_text() == before
     assert not list(reports.rglob("*.tmp"))

@@ -5,10 +5,13 @@ whose store stays busy ends failed, names the file and loses nothing already sto
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
+import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,10 +22,18 @@ from prefect.states import Cancelled, Crashed, Failed, Running
 from store_samples import model_result
 
 from checks.rule_result import RuleResult
-from tasks.results.runs import close_abandoned_runs, mark_run_ended, open_run, run_status
+from tasks.results.runs import (
+    LEASE_EXPIRY_S,
+    close_abandoned_runs,
+    keep_lease,
+    mark_run_ended,
+    open_run,
+    run_status,
+)
 from tasks.results.store.migrations import SCHEMA_VERSION, SchemaError
 from tasks.results.store.result_store import ResultStore, StoreBusy
 from tasks.results.types import ValidationReport
+from tasks.runtime.process import ProcessIdentity, start_ticks, this_process
 from tasks.validation.gate import validation_markdown
 from tests.cheap_inference import FAST_INFERENCE
 
@@ -243,3 +254,121 @@ def test_a_store_held_past_the_timeout_fails_the_run_and_loses_no_stored_cell(
     assert after["category"].tolist() == stored["category"].tolist()
     metrics = store.query("SELECT count(*) AS n FROM metrics WHERE run_id = ?", [first_run])
     assert metrics["n"][0] >= 5
+
+
+# ---- runs whose process died: pid + start time, and the lease ---------------------------
+
+
+def _dead_process() -> ProcessIdentity:
+    """The identity of a process that ran on this host and has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        identity = replace(this_process(), pid=child.pid, started=start_ticks(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+    return identity
+
+
+def _start_as(store: ResultStore, run_id: str, process: ProcessIdentity) -> None:
+    store.start_run(
+        run_id, flow_run_id=None, dataset="demo", data_root="d", categories=["demo_grid"],
+        models=["patchcore"], profile="quick", environment={}, process=process,
+    )  # fmt: skip
+    store.plan_cells(run_id, [("patchcore", "demo_grid")])
+    store.start_cell(run_id, "patchcore", "demo_grid")
+
+
+def _age_lease(store: ResultStore, run_id: str, seconds: float) -> None:
+    with duckdb.connect(str(store.db_path)) as con:
+        con.execute(
+            "UPDATE runs SET heartbeat_at = heartbeat_at - to_seconds(?) WHERE run_id = ?",
+            [seconds, run_id],
+        )
+
+
+def test_reconcile_marks_crashed_the_runs_whose_process_is_gone_or_whose_lease_ran_out(
+    tmp_path, capsys
+):
+    from flows.benchmark import main
+
+    db = tmp_path / "r.duckdb"
+    store = ResultStore(db)
+    me = this_process()
+    _start_as(store, "killed", _dead_process())
+    _start_as(store, "alive", me)
+    _start_as(store, "reused-pid", replace(me, started=me.started - 1))
+    _start_as(store, "other-host-lost", ProcessIdentity("elsewhere", "b", 42, 7))
+    _start_as(store, "other-host-alive", ProcessIdentity("elsewhere", "b", 43, 7))
+    _start_as(store, "rebooted", replace(me, boot_id="an-earlier-boot"))
+    _start_as(store, "other-container", replace(me, pid_namespace="pid:[1]"))  # cannot tell
+    _age_lease(store, "other-host-lost", 2 * LEASE_EXPIRY_S)
+    _age_lease(store, "killed", 120)
+    store.write_result("killed", model_result("patchcore", "demo_grid", image_auroc=0.9))
+    store.start_cell("killed", "efficientad", "demo_grid")
+
+    assert main(["--reconcile", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "4 dead runs closed; 3 still running" in out
+
+    status = _status(store)
+    for run_id in ("killed", "reused-pid", "rebooted"):
+        assert status[run_id][0] == "crashed", run_id
+        assert "is gone without recording an end" in status[run_id][1]
+        assert "closed by python -m flows.benchmark --reconcile" in status[run_id][1]
+    assert status["other-host-lost"][0] == "crashed"
+    assert (
+        "no heartbeat from pid 42 on elsewhere for over 600 s: lost" in status["other-host-lost"][1]
+    )
+    assert status["alive"] == status["other-host-alive"] == ("running", None)
+    assert status["other-container"] == ("running", None)  # its lease is fresh
+    # when: the last heartbeat, not the moment it was noticed
+    ended, beat = store.query(
+        "SELECT ended_at, heartbeat_at FROM runs WHERE run_id = 'killed'"
+    ).iloc[0]
+    assert ended == beat
+    # the stored cell is kept; the one in flight died with its run
+    cells = store.cells("killed")
+    assert cells[("patchcore", "demo_grid")] == ("completed", None)
+    in_flight, why = cells[("efficientad", "demo_grid")]
+    assert in_flight == "crashed" and "the run ended crashed" in why
+    assert count_rows(store, "metrics", "killed") > 0
+
+
+def count_rows(store: ResultStore, table: str, run_id: str) -> int:
+    return int(store.query(f"SELECT count(*) AS n FROM {table} WHERE run_id = ?", [run_id])["n"][0])
+
+
+def test_a_run_renews_its_lease_while_it_lives(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    _start_as(store, "r", this_process())
+    first = store.running_runs()[0].heartbeat_at
+    with keep_lease(store, "r", every_s=0.2):
+        time.sleep(1.5)
+    assert store.running_runs()[0].heartbeat_at > first
+
+
+def test_a_cancelled_run_closes_its_open_cells_and_keeps_the_stored_ones(tmp_path):
+    store = ResultStore(tmp_path / "r.duckdb")
+    _start(store, "r", None)
+    store.plan_cells("r", [("patchcore", "demo_grid"), ("patchcore", "demo_leather"),
+                           ("efficientad", "demo_grid")])  # fmt: skip
+    store.start_cell("r", "patchcore", "demo_grid")
+    store.write_result("r", model_result("patchcore", "demo_grid", image_auroc=0.9))
+    store.start_cell("r", "patchcore", "demo_leather")
+    store.finish_run("r", "cancelled", error="interrupted by SIGINT")
+    cells = store.cells("r")
+    assert cells[("patchcore", "demo_grid")] == ("completed", None)
+    assert cells[("patchcore", "demo_leather")] == (
+        "cancelled", "the run ended cancelled: interrupted by SIGINT"
+    )  # fmt: skip
+    assert cells[("efficientad", "demo_grid")] == (
+        "cancelled", "not started: the run ended cancelled: interrupted by SIGINT"
+    )  # fmt: skip
+
+
+def test_the_hook_never_raises_on_a_nan_timeout_from_a_refused_run(tmp_path):
+    db = tmp_path / "r.duckdb"
+    ResultStore(db)
+    flow_run = SimpleNamespace(id="x", parameters={"db": str(db), "db_lock_timeout_s": math.nan})
+    mark_run_ended(None, flow_run, Failed(message="ParameterError: db_lock_timeout_s"))

@@ -114,7 +114,9 @@ def anomalib_openvino_path(ctx: PathContext) -> BuiltPath:
     )
     xml = create_export_root(root, ExportType.OPENVINO) / "model.xml"
     ov.save_model(ov.convert_model(onnx), xml, compress_to_fp16=False)
-    inferencer = OpenVINOInferencer(path=xml, device="CPU")
+    inferencer = _inferencer_caching_in(root / "openvino_cache", OpenVINOInferencer)(
+        path=xml, device="CPU"
+    )
     compiled = inferencer.model  # compiled with OpenVINO's defaults: say what they chose
     hint = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     precision = OPENVINO_PRECISIONS.get(hint, hint)
@@ -134,3 +136,24 @@ def anomalib_openvino_path(ctx: PathContext) -> BuiltPath:
         batchable=False,
         artifacts={"onnx": str(onnx), "anomalib_openvino_ir": str(xml)},
     )
+
+
+def _inferencer_caching_in(cache_dir: Path, inferencer: type) -> type:
+    """anomalib's `OpenVINOInferencer` with its compile cache in `cache_dir` (under the
+    cell's output folder). Its own `load_model` puts the cache (tens of MB of `.blob`
+    files) in `openvino_cache` under the current directory, wherever the run was started;
+    this one reads and compiles the IR as it does, with anomalib's config, and nothing
+    else changes: pre-processing, prediction and post-processing are anomalib's."""
+
+    class CachingInCellFolder(inferencer):
+        def load_model(self, path: str | Path) -> tuple:
+            import openvino as ov
+
+            core = ov.Core()
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+            compiled = core.compile_model(
+                model=core.read_model(Path(path)), device_name=self.device, config=self.config
+            )
+            return compiled.input(0), compiled.output(0), compiled
+
+    return CachingInCellFolder

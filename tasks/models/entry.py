@@ -80,7 +80,7 @@ class ModelEntry:
         try:
             return self.settings.model_validate(values)
         except ValidationError as err:
-            problems = describe_errors(err, prefix=self.name)
+            problems = describe_errors(err, prefix=self.name, model=self.settings)
             raise ProfileError(
                 f"profile {profile.name!r} has invalid settings: {problems}"
             ) from None

@@ -13,7 +13,13 @@ from pydantic import Field
 
 from tasks.runtime.profiles import Settings
 
+# Upper bounds on sizes: beyond them a cell exhausts memory or never ends, late.
+MAX_IMAGE_SIZE = 1024
+MAX_BATCH_SIZE = 256
+
 
 class ModelSettings(Settings):
-    image_size: int = Field(256, ge=32, description="side the images are resized to")
-    train_batch_size: int = Field(8, ge=1)
+    image_size: int = Field(
+        256, ge=32, le=MAX_IMAGE_SIZE, description="side the images are resized to"
+    )
+    train_batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,7 @@ from tasks.report.sections import (
 )
 from tasks.results.store.result_store import ResultStore
 from tasks.runtime.paths import REPO_ROOT
+from tasks.runtime.writes import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +68,9 @@ def render_report(
     html = render_html(load_report_data(db_path, run_id, tolerance))
     reports_dir = Path(reports_dir)
     report_path = reports_dir / run_id / "report.html"
-    write_atomic(report_path, html)
-    write_atomic(reports_dir / "latest.html", html)
+    # readers never see half a report; a full or read-only disk fails naming the file
+    write_atomic(report_path, html, "report")  # readable by others: reports are shared
+    write_atomic(reports_dir / "latest.html", html, "report")
     log.info("report written: %s", report_path)
     return report_path
 
@@ -87,21 +87,6 @@ def render_html(data: dict[str, Any]) -> str:
     env.globals["model_name"] = model_name
     env.globals["metric_name"] = lambda m: METRIC_NAMES.get(m, m)
     return env.get_template("report.html.j2").render(**data)
-
-
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write to a temporary file beside `path`, then rename over it (readers never see
-    half a report). The file gets `mode` (readable by others: reports are shared)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            os.fchmod(handle.fileno(), mode)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_report_data(db_path: str | Path, run_id: str, tolerance: float = 0.02) -> dict[str, Any]:

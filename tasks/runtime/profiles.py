@@ -21,47 +21,68 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.runtime.paths import REPO_ROOT
 
 
 class Settings(BaseModel):
-    """Frozen, and refusing unknown fields: a misspelt setting is an error, not a no-op."""
+    """Frozen, refusing unknown fields (a misspelt setting is an error, not a no-op) and
+    NaN or infinite numbers (NaN passes every `<=` test as false: a NaN timeout never
+    runs out). Every size, count and duration also has an upper bound, so a value that
+    would exhaust memory or never end is refused here, naming the field and its range."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SpikeSettings(Settings):
     """How the loss watcher decides a step is a spike (see tasks.training.loss_spikes)."""
 
-    window: int = Field(25, ge=5, description="rolling window of recent steps")
-    warmup_steps: int = Field(10, ge=1, description="steps before spikes are judged")
+    window: int = Field(25, ge=5, le=10_000, description="rolling window of recent steps")
+    warmup_steps: int = Field(10, ge=1, le=100_000, description="steps before spikes are judged")
     robust_z: float = Field(
-        8.0, gt=0, description="divergence: robust z-score of log-loss over this, and ..."
+        8.0, gt=0, le=1_000, description="divergence: robust z-score of log-loss over this, and ..."
     )
-    ratio: float = Field(10.0, gt=1, description="... loss over this many times the median")
+    ratio: float = Field(
+        10.0, gt=1, le=1_000_000, description="... loss over this many times the median"
+    )
     min_log_spread: float = Field(
-        0.05, gt=0, description="floor for the MAD of log-loss, so a flat curve is not hair-trigger"
+        0.05,
+        gt=0,
+        le=10,
+        description="floor for the MAD of log-loss, so a flat curve is not hair-trigger",
     )
     watch: tuple[str, ...] = Field(
         ("train_loss",),
         description="losses judged for spikes; every logged loss is checked for NaN/inf",
     )
     persistence: int = Field(
-        3, ge=1, description="divergent steps in a row that confirm a spike (NaN/inf: at once)"
+        3,
+        ge=1,
+        le=1_000,
+        description="divergent steps in a row that confirm a spike (NaN/inf: at once)",
     )
     shift_ratio: float = Field(
-        2.0, gt=1, description="level shift: loss over this many times the rolling median, ..."
+        2.0,
+        gt=1,
+        le=1_000_000,
+        description="level shift: loss over this many times the rolling median, ...",
     )
-    shift_steps: int = Field(8, ge=1, description="... for this many steps in a row")
+    shift_steps: int = Field(8, ge=1, le=10_000, description="... for this many steps in a row")
     checkpoint_every: int = Field(
-        5, ge=0, description="steps between rolling in-memory checkpoints; 0 = no rollback"
+        5,
+        ge=0,
+        le=100_000,
+        description="steps between rolling in-memory checkpoints; 0 = no rollback",
     )
     max_rollbacks: int = Field(
-        2, ge=0, description="rollbacks per attempt before a fresh restart (the last resort)"
+        2,
+        ge=0,
+        le=100,
+        description="rollbacks per attempt before a fresh restart (the last resort)",
     )
     rollback_lr_factor: float = Field(
         0.5, gt=0, le=1, description="each rollback multiplies the learning rate by this"
@@ -80,6 +101,9 @@ class SpikeSettings(Settings):
         return self
 
 
+Opacity = Annotated[float, Field(ge=0, le=1)]
+
+
 class ValidationSettings(Settings):
     """Where validation data comes from; it selects among attempts and sets thresholds.
 
@@ -90,9 +114,9 @@ class ValidationSettings(Settings):
 
     split_ratio: float = Field(0.25, gt=0, lt=1, description="share of train/good held out")
     anomalies_per_image: int = Field(
-        3, ge=1, description="synthetic anomalous copies painted into each held-out image"
+        3, ge=1, le=100, description="synthetic anomalous copies painted into each held-out image"
     )
-    anomaly_blend: tuple[float, float] = Field(
+    anomaly_blend: tuple[Opacity, Opacity] = Field(
         (0.5, 1.0), description="opacity range of the painted anomalies (anomalib: 0.01-0.2)"
     )
     directory: str | None = Field(
@@ -106,6 +130,15 @@ class ValidationSettings(Settings):
         description="level of the validation AUROC interval; a model is retrained only when "
         "the interval's upper bound is below chance, or its scores are non-finite or constant",
     )
+
+    @model_validator(mode="after")
+    def _blend_is_a_range(self) -> ValidationSettings:
+        low, high = self.anomaly_blend
+        if low > high:
+            raise ValueError(
+                f"validation.anomaly_blend ({low}, {high}) must be (low, high), low <= high"
+            )
+        return self
 
 
 InferencePath = Literal[
@@ -126,43 +159,47 @@ class InferenceSettings(Settings):
     (see tasks.inference.measure). torch-fp32 is always measured: it is the AUROC reference."""
 
     paths: tuple[InferencePath, ...] = Field(ALL_INFERENCE_PATHS, min_length=1)
-    timed_runs: int = Field(50, ge=1, description="batch-1 timed runs wanted per path")
+    timed_runs: int = Field(50, ge=1, le=100_000, description="batch-1 timed runs wanted per path")
     min_timed_runs: int = Field(
-        5, ge=1, description="runs always timed, even past max_seconds_per_path"
+        5, ge=1, le=100_000, description="runs always timed, even past max_seconds_per_path"
     )
     max_seconds_per_path: float = Field(
-        60.0, gt=0, description="cap on timed work per path; slower paths get fewer runs"
+        60.0, gt=0, le=3_600, description="cap on timed work per path; slower paths get fewer runs"
     )
     anomalib_max_seconds: float | None = Field(
         None,
         gt=0,
+        le=3_600,
         description="cap on timed work for anomalib's own paths (the comparison); "
         "None = max_seconds_per_path",
     )
-    warmup_runs: int = Field(3, ge=1, description="untimed runs first (at least one)")
-    warmup_seconds: float = Field(5.0, ge=0, description="cap on warm-up after the first run")
-    throughput_batch: int = Field(
-        8, ge=1, description="batch for throughput; 1 = from the batch-1 timed runs"
+    warmup_runs: int = Field(3, ge=1, le=1_000, description="untimed runs first (at least one)")
+    warmup_seconds: float = Field(
+        5.0, ge=0, le=3_600, description="cap on warm-up after the first run"
     )
-    throughput_rounds: int = Field(4, ge=1, description="batches timed for throughput")
+    throughput_batch: int = Field(
+        8, ge=1, le=1_024, description="batch for throughput; 1 = from the batch-1 timed runs"
+    )
+    throughput_rounds: int = Field(4, ge=1, le=1_000, description="batches timed for throughput")
     calibration_images: int = Field(
-        32, ge=1, description="training images that calibrate int8 (never test images)"
+        32, ge=1, le=10_000, description="training images that calibrate int8 (never test images)"
     )
     calibration_anomalies: int = Field(
         32,
         ge=0,
+        le=10_000,
         description="anomalous validation images (synthetic anomalies painted on held-out "
         "training images, or the validation folder's defects) added to int8 calibration, so "
         "int8 ranges cover what anomalies do to activations; never test images",
     )
     threads: int | None = Field(
-        None, ge=1, description="OpenVINO inference threads; None = torch's thread count"
+        None, ge=1, le=1_024, description="OpenVINO inference threads; None = torch's thread count"
     )
 
 
 class Profile(Settings):
     name: str
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="numpy takes seeds below 2**32")
     max_attempts: int = Field(3, ge=1, le=10)
     retry_lr_factor: float = Field(0.5, gt=0, lt=1, description="each retry multiplies lr")
     spike: SpikeSettings = SpikeSettings()
@@ -172,14 +209,16 @@ class Profile(Settings):
         description="per-model setting overrides by model name; each model's settings "
         "class validates them (tasks.models.registry)",
     )
-    eval_batch_size: int = Field(8, ge=1)
-    latency_iters: int = Field(30, ge=3)
-    latency_batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(8, ge=1, le=1_024)
+    latency_iters: int = Field(30, ge=3, le=100_000)
+    latency_batch_size: int = Field(8, ge=1, le=1_024)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weights_dir: str | None = Field(
         None, description="offline weights cache; None = <repo>/data/weights"
     )
-    overlays: int = Field(2, ge=0, description="best and worst anomaly-map overlays to save")
+    overlays: int = Field(
+        2, ge=0, le=100, description="best and worst anomaly-map overlays to save"
+    )
     inference: InferenceSettings = InferenceSettings()
 
 
@@ -232,10 +271,52 @@ def merge_settings(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def describe_errors(err: ValidationError, prefix: str = "") -> str:
-    """pydantic's errors as 'field.path: message; ...', each path under `prefix`."""
+def describe_errors(
+    err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> str:
+    """pydantic's errors as 'field.path: message; ...', each path under `prefix`; a
+    number out of its range, NaN or infinite also says the range allowed (read from
+    `model`'s fields), e.g. 'patchcore.image_size: Input should be less than or equal
+    to 1024 (allowed: 32 <= image_size <= 1024)'."""
     lead = [prefix] if prefix else []
-    return "; ".join(f"{'.'.join(map(str, [*lead, *e['loc']]))}: {e['msg']}" for e in err.errors())
+    problems = []
+    for e in err.errors():
+        text = f"{'.'.join(map(str, [*lead, *e['loc']]))}: {e['msg']}"
+        bounds = allowed_range(model, e["loc"]) if model is not None else None
+        if bounds and e["type"] in NUMBER_ERRORS:
+            text += f" (allowed: {bounds})"
+        problems.append(text)
+    return "; ".join(problems)
+
+
+NUMBER_ERRORS = {
+    "finite_number", "greater_than", "greater_than_equal", "less_than", "less_than_equal",
+}  # fmt: skip
+
+
+def allowed_range(model: type[BaseModel], loc: tuple) -> str | None:
+    """The bounds of the field at `loc` in `model`, e.g. '32 <= image_size <= 1024', or
+    None when it has none (a name not found, a field without bounds)."""
+    field = None
+    for part in loc:
+        if isinstance(part, int) or model is None:  # an item of a list: its own bounds
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        inner = field.annotation
+        model = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+    if field is None:
+        return None
+    low = high = None
+    for bound in field.metadata:
+        if isinstance(bound, annotated_types.Ge | annotated_types.Gt):
+            low = f"{bound.ge} <=" if isinstance(bound, annotated_types.Ge) else f"{bound.gt} <"
+        if isinstance(bound, annotated_types.Le | annotated_types.Lt):
+            high = f"<= {bound.le}" if isinstance(bound, annotated_types.Le) else f"< {bound.lt}"
+    if low is None and high is None:
+        return None
+    return " ".join(part for part in (low, str(loc[-1]), high) if part)
 
 
 def _models_gathered(overrides: dict) -> dict:
@@ -263,7 +344,7 @@ def load_profile(name: str, overrides: dict | None = None) -> Profile:
         )
     except ValidationError as err:
         raise ProfileError(
-            f"profile {name!r} has invalid settings: {describe_errors(err)}"
+            f"profile {name!r} has invalid settings: {describe_errors(err, model=Profile)}"
         ) from None
 
 

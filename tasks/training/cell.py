@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from tasks.results.types import DatasetSpec, ModelResult
 from tasks.runtime.cluster import device_identity, require_shared_paths, worker_identity
 from tasks.runtime.profiles import Profile
+from tasks.runtime.writes import as_write_failure
 
 if TYPE_CHECKING:  # training pulls in anomalib and torch: `prefect deploy` need not
     from tasks.training.callbacks import Progress
@@ -39,9 +41,18 @@ def run_cell(
 
     run_root = Path(run_root)
     require_shared_paths(spec.category_dir(category), data_fingerprint, run_root)
-    result = train_and_evaluate(
-        model_name, category, spec, profile, run_root / model_name / category, progress=progress
-    )
+    cell_dir = run_root / model_name / category
+    try:
+        result = train_and_evaluate(
+            model_name, category, spec, profile, cell_dir, progress=progress
+        )
+    except BaseException as err:
+        failure = as_write_failure(err, cell_dir, f"{model_name}/{category}'s output")
+        # nothing of a failed or stopped cell is stored: its files, some half-written, go
+        shutil.rmtree(cell_dir, ignore_errors=True)
+        if failure is err:
+            raise
+        raise failure from err
     return replace(result, worker=worker_identity(), device=device_identity(result.device))
 
 

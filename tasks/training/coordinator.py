@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from tasks.models import registry
 from tasks.results.types import DatasetSpec, LatencyResult, ModelResult, StageOutcome
 from tasks.runtime.profiles import Profile, training_device
 from tasks.runtime.quiet import quiet_training
+from tasks.runtime.writes import as_write_failure
 from tasks.training.attempts import TrainedAttempt, fit_with_recovery, inference_layout, select
 from tasks.training.callbacks import Progress
 from tasks.training.evaluation import (
@@ -89,10 +91,14 @@ def export(prep: Prepared, chosen: TrainedAttempt) -> tuple[dict[str, str], Stag
     chosen.engine.trainer.save_checkpoint(checkpoint)
     artifacts = {"checkpoint": str(checkpoint)}
     started = time.perf_counter()
+    export_dir = prep.run_dir / "export"
     try:
-        exported = export_model(chosen.model, chosen.engine, prep.run_dir / "export")
+        exported = export_model(chosen.model, chosen.engine, export_dir)
     except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
-        return artifacts, _failed("export", err, started)
+        failure = as_write_failure(err, export_dir, "export")
+        if failure is not err:  # a full or read-only disk: no half-written export stays
+            shutil.rmtree(export_dir, ignore_errors=True)
+        return artifacts, _failed("export", failure, started)
     artifacts.update({k: v for k, v in exported.items() if k != "checkpoint"})
     return artifacts, StageOutcome("export", "completed", None, _since(started))
 
@@ -120,7 +126,10 @@ def time_inference(
             deployment=registry.get(prep.model_name).deployment,
         )
     except Exception as err:  # noqa: BLE001 - stored as a failed stage, the metrics stand
-        return [], {}, _failed("latency", err, started)
+        failure = as_write_failure(err, prep.run_dir / "inference", "inference paths")
+        if failure is not err:  # a full or read-only disk: no half-written model stays
+            shutil.rmtree(prep.run_dir / "inference", ignore_errors=True)
+        return [], {}, _failed("latency", failure, started)
     if not any(row.status == "ok" for row in paths.latency):
         outcome = StageOutcome("latency", "failed", "no inference path ran", _since(started))
         return paths.latency, paths.artifacts, outcome

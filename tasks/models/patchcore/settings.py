@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tasks.models.settings import ModelSettings
+from tasks.models.settings import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, ModelSettings
 
 
 class PatchCoreSettings(ModelSettings):
@@ -22,10 +22,18 @@ class PatchCoreSettings(ModelSettings):
     layers: tuple[str, ...] | None = Field(None, description="None = the backbone's default")
     coreset_sampling_ratio: float = Field(0.1, gt=0, le=1)
     coreset_method: Literal["fast", "anomalib"] = "fast"
-    num_neighbors: int = Field(9, ge=1)
-    image_size: int = Field(256, ge=32)
-    crop_size: int | None = Field(None, ge=32)
-    train_batch_size: int = Field(8, ge=1)
+    num_neighbors: int = Field(9, ge=1, le=100, description="nearest patches scored (anomalib: 9)")
+    image_size: int = Field(256, ge=32, le=MAX_IMAGE_SIZE)
+    crop_size: int | None = Field(None, ge=32, le=MAX_IMAGE_SIZE)
+    train_batch_size: int = Field(8, ge=1, le=MAX_BATCH_SIZE)
+
+    @model_validator(mode="after")
+    def _crop_inside_image(self) -> PatchCoreSettings:
+        if self.crop_size is not None and self.crop_size > self.image_size:
+            raise ValueError(
+                f"crop_size ({self.crop_size}) must not exceed image_size ({self.image_size})"
+            )
+        return self
 
 
 PROFILE_SETTINGS: dict[str, dict] = {

@@ -13,14 +13,14 @@ from pathlib import Path
 import duckdb
 
 from tasks.results.store.rows import utcnow
-from tasks.results.store.schema import SCHEMA, VIEWS
+from tasks.results.store.schema import CELLS, LEASE, SCHEMA, VIEWS
 
 
 class SchemaError(RuntimeError):
     """The file is not a results store this code can use (newer schema, failed migration)."""
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # Forward migrations: MIGRATIONS[n] takes a version n-1 file to version n. Version 1 is
@@ -61,6 +61,8 @@ MIGRATIONS: dict[int, list[str]] = {
                seconds DOUBLE)""",
     ],
     3: ["ALTER TABLE latency ADD COLUMN hardware VARCHAR"],
+    # the run's process and lease (a killed run is recognised), and the cells table
+    4: [*(f"ALTER TABLE runs ADD COLUMN {c.name} {c.type}" for c in LEASE), CELLS.ddl()],
 }
 
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -49,6 +51,8 @@ from tasks.results.store.rows import utcnow
 from tasks.results.store.schema import VALIDATIONS
 from tasks.results.store.writer import insert_rows, replace_result
 from tasks.results.types import ModelResult, ValidationReport
+from tasks.runtime.process import ProcessIdentity, this_process
+from tasks.runtime.writes import WriteFailed, ensure_dir, errno_in
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,26 @@ class StoreBusy(RuntimeError):
     """Another process held the DuckDB file for longer than the store waits for it."""
 
 
+class StoreUnwritable(WriteFailed):
+    """The DuckDB file or its folder cannot be opened or written (a read-only folder, a
+    full disk); the message names the file and the OS error."""
+
+
+# Cells not yet ended: a run that ends closes them (`_close_cells`).
+OPEN_CELLS = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class RunningRun:
+    """A run still marked `running`, with the process that recorded it."""
+
+    run_id: str
+    flow_run_id: str | None
+    process: ProcessIdentity | None  # None for a run recorded before schema version 4
+    started_at: datetime
+    heartbeat_at: datetime | None
+
+
 class ResultStore:
     """A DuckDB file holding every benchmark run; see the README for the tables.
 
@@ -75,7 +99,14 @@ class ResultStore:
     def __init__(self, db_path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> None:
         self.db_path = Path(db_path)
         self.lock_timeout_s = float(lock_timeout_s)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        if not (math.isfinite(self.lock_timeout_s) and self.lock_timeout_s >= 0):
+            raise ValueError(
+                f"db_lock_timeout_s must be a finite number of seconds >= 0, not {lock_timeout_s}"
+            )
+        try:
+            ensure_dir(self.db_path.parent, "results store")
+        except WriteFailed as err:
+            raise StoreUnwritable(err.errno, str(err)) from err
         self._ensure_schema()
 
     # ---- connections -------------------------------------------------------------------
@@ -99,9 +130,13 @@ class ResultStore:
                 duckdb.TransactionException,
             ) as err:
                 if not _is_conflict(err):
+                    if _is_os_failure(err):
+                        raise StoreUnwritable(
+                            errno_in(str(err)), f"results store {self.db_path}: {err}"
+                        ) from err
                     raise
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if not remaining > 0:
                     raise StoreBusy(_busy_message(self.db_path, err, self.lock_timeout_s)) from err
                 log.info("results store %s is busy, retrying: %s", self.db_path, err)
                 time.sleep(min(delay, remaining))
@@ -177,11 +212,13 @@ class ResultStore:
         environment: dict | None = None,
         code_version: str | None = None,
         started_at: datetime | None = None,
+        process: ProcessIdentity | None = None,
     ) -> None:
-        """Record a run as `running`. Starting the same run_id again updates its row
-        (status back to running, ended_at and error cleared) and keeps the first start
-        time."""
+        """Record a run as `running`, held by `process` (default: this one) with a fresh
+        lease. Starting the same run_id again updates its row (status back to running,
+        ended_at and error cleared) and keeps the first start time."""
         environment = environment if environment is not None else collect_environment()
+        process = process or this_process()
         params = [
             run_id,
             flow_run_id,
@@ -194,14 +231,21 @@ class ResultStore:
             code_version or detect_code_version(),
             dataset_hash,
             json.dumps(environment, default=str),
+            process.host,
+            process.boot_id,
+            process.pid,
+            process.started,
+            process.pid_namespace,
+            utcnow(),
         ]
         self._write(
             lambda con: con.execute(
                 """
                 INSERT INTO runs (run_id, flow_run_id, started_at, ended_at, dataset,
                     data_root, categories, models, profile, status, code_version,
-                    dataset_hash, environment, error)
-                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', ?, ?, ?, NULL)
+                    dataset_hash, environment, error, host, boot_id, pid, pid_started,
+                    pid_namespace, heartbeat_at)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?, 'running', ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (run_id) DO UPDATE SET
                     flow_run_id = excluded.flow_run_id, ended_at = NULL,
                     dataset = excluded.dataset, data_root = excluded.data_root,
@@ -209,7 +253,10 @@ class ResultStore:
                     profile = excluded.profile, status = 'running',
                     code_version = excluded.code_version,
                     dataset_hash = excluded.dataset_hash,
-                    environment = excluded.environment, error = NULL
+                    environment = excluded.environment, error = NULL,
+                    host = excluded.host, boot_id = excluded.boot_id, pid = excluded.pid,
+                    pid_started = excluded.pid_started,
+                    pid_namespace = excluded.pid_namespace, heartbeat_at = excluded.heartbeat_at
                 """,
                 params,
             )
@@ -244,9 +291,68 @@ class ResultStore:
         self._write(write)
 
     def write_result(self, run_id: str, result: ModelResult) -> None:
-        """Replace everything stored for (run, model, category) in one transaction."""
-        self._write(lambda con: replace_result(con, run_id, result))
+        """Replace everything stored for (run, model, category) in one transaction, which
+        also marks the cell `completed` (or `cached`, served from an earlier run)."""
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            replace_result(con, run_id, result)
+            status = "cached" if result.cached_from else "completed"
+            _set_cell(con, run_id, result.model, result.category, status, None)
+
+        self._write(write)
         log.info("stored %s/%s for run %s", result.model, result.category, run_id)
+
+    # ---- cells -------------------------------------------------------------------------
+
+    def plan_cells(self, run_id: str, cells: Sequence[tuple[str, str]]) -> None:
+        """Record the run's (model, category) cells as `pending` (replacing any earlier
+        plan of this run)."""
+
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute("DELETE FROM cells WHERE run_id = ?", [run_id])
+            for model, category in cells:
+                con.execute(
+                    "INSERT INTO cells (run_id, model, category, status) "
+                    "VALUES (?, ?, ?, 'pending')",
+                    [run_id, model, category],
+                )
+
+        self._write(write)
+
+    def start_cell(
+        self, run_id: str, model: str, category: str, started_at: datetime | None = None
+    ) -> None:
+        """The cell is running, since `started_at` (default now). Cells on a Dask cluster
+        stay `pending` until their result or failure comes back, or the run is stopped."""
+        self._write(
+            lambda con: _set_cell(con, run_id, model, category, "running", None, started_at)
+        )
+
+    def end_cell(
+        self, run_id: str, model: str, category: str, status: str, error: str | None
+    ) -> None:
+        """The cell ended without a stored result: `failed`, with why."""
+        self._write(lambda con: _set_cell(con, run_id, model, category, status, error))
+
+    def cells(self, run_id: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+        """(model, category) -> (status, error) of the run's cells."""
+        rows = self._read(
+            lambda con: con.execute(
+                "SELECT model, category, status, error FROM cells WHERE run_id = ?", [run_id]
+            ).fetchall()
+        )
+        return {(m, c): (status, error) for m, c, status, error in rows}
+
+    # ---- the run's lease ---------------------------------------------------------------
+
+    def renew_lease(self, run_id: str) -> None:
+        """The run's process still lives: move its heartbeat to now."""
+        self._write(
+            lambda con: con.execute(
+                "UPDATE runs SET heartbeat_at = ? WHERE run_id = ? AND status = 'running'",
+                [utcnow(), run_id],
+            )
+        )
 
     def write_artifact(self, run_id: str, model: str, category: str, kind: str, path) -> None:
         """Add one artifact, replacing an earlier one of the same kind."""
@@ -268,40 +374,63 @@ class ResultStore:
         """Record how the run ended (`completed`, `incomplete`, `failed`, ...) and why."""
 
         def write(con: duckdb.DuckDBPyConnection) -> list:
-            return con.execute(
+            ended = con.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ? "
                 "RETURNING run_id",
                 [status, utcnow(), error, run_id],
             ).fetchall()
+            _close_cells(con, run_id, status, error)
+            return ended
 
         if not self._write(write):
             raise KeyError(f"run {run_id!r} was never started in {self.db_path}")
 
-    def close_if_running(self, run_id: str, status: str, error: str | None = None) -> bool:
-        """Label a run that is still `running` as ended (`crashed`, `failed`, ...); its
-        stored cells stay, each was written whole. A run that already recorded its end
-        keeps it. Returns whether the run was closed."""
+    def close_if_running(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        ended_at: datetime | None = None,
+    ) -> bool:
+        """Label a run that is still `running` as ended (`crashed`, `failed`, ...) at
+        `ended_at` (default now); its stored cells stay, each was written whole, and its
+        open cells end with it. A run that already recorded its end keeps it. Returns
+        whether the run was closed."""
 
         def write(con: duckdb.DuckDBPyConnection) -> list:
-            return con.execute(
+            closed = con.execute(
                 """UPDATE runs SET status = ?, ended_at = ?, error = coalesce(error, ?)
                    WHERE run_id = ? AND status = 'running' RETURNING run_id""",
-                [status, utcnow(), error, run_id],
+                [status, ended_at or utcnow(), error, run_id],
             ).fetchall()
+            if closed:
+                _close_cells(con, run_id, status, error)
+            return closed
 
         return bool(self._write(write))
 
     # ---- reading -----------------------------------------------------------------------
 
-    def running_runs(self, except_run_id: str | None = None) -> list[tuple[str, str | None]]:
-        """(run_id, flow_run_id) of every run still marked `running`."""
-        return self._read(
+    def running_runs(self, except_run_id: str | None = None) -> list[RunningRun]:
+        """Every run still marked `running`, oldest first, with its process and lease."""
+        rows = self._read(
             lambda con: con.execute(
-                "SELECT run_id, flow_run_id FROM runs WHERE status = 'running' "
+                "SELECT run_id, flow_run_id, host, boot_id, pid, pid_started, pid_namespace, "
+                "started_at, heartbeat_at FROM runs WHERE status = 'running' "
                 "AND run_id IS DISTINCT FROM ? ORDER BY started_at",
                 [except_run_id],
             ).fetchall()
         )
+        return [
+            RunningRun(
+                run_id,
+                flow_run_id,
+                ProcessIdentity(*process) if process[0] and process[2] else None,
+                started_at,
+                heartbeat_at,
+            )
+            for run_id, flow_run_id, *process, started_at, heartbeat_at in rows
+        ]
 
     def compare_with_previous(self, run_id: str, tolerance: float = 0.02) -> pd.DataFrame:
         """Each (model, category, metric) of the run beside the latest earlier completed
@@ -343,6 +472,55 @@ class ResultStore:
     def query(self, sql: str, params: Sequence[Any] | dict | None = None) -> pd.DataFrame:
         """Read-only SQL against the store (for tests and notebooks)."""
         return self._read(lambda con: con.execute(sql, params).df())
+
+
+def _set_cell(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    model: str,
+    category: str,
+    status: str,
+    error: str | None,
+    started_at: datetime | None = None,
+) -> None:
+    """Give one cell `status` (a cell not planned is added): `running` starts its clock
+    (at `started_at`, default now), any other status but `pending` ends it."""
+    now = utcnow()
+    if started_at is not None and started_at.tzinfo is not None:  # stored as naive UTC
+        started_at = started_at.astimezone(UTC).replace(tzinfo=None)
+    started = (started_at or now) if status == "running" else None
+    ended = now if status not in OPEN_CELLS else None
+    con.execute(
+        """DELETE FROM cells WHERE run_id = ? AND model = ? AND category = ?
+           RETURNING started_at""",
+        [run_id, model, category],
+    )
+    previous = con.fetchone()
+    con.execute(
+        "INSERT INTO cells (run_id, model, category, status, error, started_at, ended_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [run_id, model, category, status, error, started or (previous or [None])[0], ended],
+    )
+
+
+def _close_cells(
+    con: duckdb.DuckDBPyConnection, run_id: str, run_status: str, why: str | None
+) -> None:
+    """The run ended: its cells still pending or running end with it, `cancelled` or
+    `crashed` as the run, else `failed`, with the run's reason."""
+    status = run_status if run_status in ("cancelled", "crashed") else "failed"
+    con.execute(
+        """UPDATE cells SET status = ?, ended_at = ?,
+               error = CASE WHEN status = 'pending' THEN 'not started: ' ELSE '' END
+                       || ? || coalesce(': ' || ?, '')
+           WHERE run_id = ? AND status IN ('pending', 'running')""",
+        [status, utcnow(), f"the run ended {run_status}", why, run_id],
+    )
+
+
+def _is_os_failure(err: duckdb.Error) -> bool:
+    """The file or its folder could not be opened or written: read-only, full, no access."""
+    return errno_in(str(err)) is not None
 
 
 def _is_conflict(err: duckdb.Error) -> bool:

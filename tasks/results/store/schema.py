@@ -88,6 +88,16 @@ SCHEMA_VERSION_TABLE = Table(
         Column("code_version", "VARCHAR", "NOT NULL"),
     ),
 )
+# The run's process and lease (ResultStore.start_run, renew_lease): a run whose process is
+# gone, or whose lease ran out, is recognised as dead (tasks.results.runs.reconcile_runs).
+LEASE = (
+    Column("host", "VARCHAR", "", "host of the process running it"),
+    Column("boot_id", "VARCHAR", "", "that host's boot: a pid means nothing after it"),
+    Column("pid", "INTEGER"),
+    Column("pid_started", "BIGINT", "", "the process's start, clock ticks after boot"),
+    Column("pid_namespace", "VARCHAR", "", "its pid namespace: another's pids are others"),
+    Column("heartbeat_at", "TIMESTAMP", "", "UTC, renewed while the run lives (lease)"),
+)
 # written by ResultStore.start_run/finish_run (an upsert that keeps the first start)
 RUNS = Table(
     "runs",
@@ -107,8 +117,23 @@ RUNS = Table(
         Column("dataset_notes", "VARCHAR[]", "NOT NULL DEFAULT []"),
         Column("environment", "JSON"),
         Column("error", "VARCHAR", "", "why the run did not complete, NULL if it did"),
+        *LEASE,
     ),
 )
+# One row per (run, model, category) the run plans: how far each got, and why it stopped.
+# A cell's results are stored whole when it completes (write_result); this table also
+# says which cells failed, were cancelled with their run, or died with it.
+CELLS = Table(
+    "cells",
+    (
+        *KEY,
+        Column("status", "VARCHAR", "NOT NULL",
+               "pending | running | completed | cached | failed | cancelled | crashed"),
+        Column("error", "VARCHAR", "", "why it did not complete"),
+        Column("started_at", "TIMESTAMP", "", "UTC; NULL when it never started here"),
+        Column("ended_at", "TIMESTAMP", "", "UTC"),
+    ),
+)  # fmt: skip
 # one row per rule of a ValidationReport (ResultStore.write_validations)
 VALIDATIONS = Table(
     "validations",
@@ -299,6 +324,7 @@ ARTIFACTS = Table(
 TABLES = (
     SCHEMA_VERSION_TABLE,
     RUNS,
+    CELLS,
     VALIDATIONS,
     RESULTS,
     TRAINING_ATTEMPTS,
