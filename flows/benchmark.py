@@ -99,7 +99,9 @@ def prepare_assets_task(
         if status.present:
             logger.info("%s %s at %s", name, "fetched" if status.fetched else "found", status.path)
         elif substitutes.get(name) and profile.assets.fallback_allowed:
-            logger.warning("%s missing (%s): %s stands in", name, status.problem, substitutes[name])
+            logger.warning(
+                "%s missing (%s); substitute: %s", name, status.problem, substitutes[name]
+            )
         else:
             logger.error("%s missing: %s", name, status.problem)
 

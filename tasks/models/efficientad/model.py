@@ -47,7 +47,6 @@ from tasks.models.efficientad.teacher import (
     distilled_teacher,
     imagenette_penalty,
     load_teacher_state,
-    natural_photo_folder,
     penalty_photos,
     pretrained_teacher,
 )
@@ -315,7 +314,6 @@ def prepare(settings: EfficientAdSettings, context: BuildContext) -> None:
         context.weights_dir,
         context.device,
     )
-    natural_photo_folder(context.weights_dir)
 
 
 def trainer_args(settings: EfficientAdSettings, device: str) -> dict:
