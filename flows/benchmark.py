@@ -85,25 +85,35 @@ def prepare_assets_task(
     overrides: dict | None,
 ) -> None:
     """The pre-flight check: every asset the run needs (each model's, as its registry
-    entry says, and MVTec AD's), fetched where the profile allows. Raises
-    `MissingAssetsError` naming each missing one that has no allowed substitute, where it
-    was looked for, and the fetch command; nothing is downloaded then."""
+    entry says, and MVTec AD's), fetched where the profile allows. Without
+    `assets.allow_fallback` (the paper profile) a missing one raises `MissingAssetsError`
+    naming each, where it was looked for, and the fetch command; nothing is downloaded
+    then. With it, substitutes stand in, and a missing asset that has none fails only the
+    cells that need it."""
     logger = get_run_logger()
     plan = registry.required_assets(
         profile, models, dataset, categories, data_root=data_root, overrides=overrides
     )
-    substitutes = {need.asset.name: need.fallback for need in plan.needs}
+    needs = {need.asset.name: need for need in plan.needs}
 
     def log_status(status: AssetStatus) -> None:
-        name = status.asset.name
+        need = needs[status.asset.name]
         if status.present:
-            logger.info("%s %s at %s", name, "fetched" if status.fetched else "found", status.path)
-        elif substitutes.get(name) and profile.assets.fallback_allowed:
+            verb = "fetched" if status.fetched else "found"
+            logger.info("%s %s at %s", need.asset.name, verb, status.path)
+        elif need.fallback and profile.assets.fallback_allowed:
             logger.warning(
-                "%s missing (%s); substitute: %s", name, status.problem, substitutes[name]
+                "%s missing (%s); substitute: %s", need.asset.name, status.problem, need.fallback
+            )
+        elif profile.assets.fallback_allowed:  # no substitute: only its model's cells fail
+            logger.error(
+                "%s missing: %s; what needs it (%s) will fail",
+                need.asset.name,
+                status.problem,
+                need.used_by,
             )
         else:
-            logger.error("%s missing: %s", name, status.problem)
+            logger.error("%s missing: %s", need.asset.name, status.problem)
 
     with shown_in_ui(*UI_LOGGERS):
         prepare_assets(plan, on_status=log_status)

@@ -447,3 +447,19 @@ def test_a_run_that_cannot_start_downloads_nothing(server, settings, teacher_zip
     assert server.count("HEAD", "/files/efficientad_pretrained_weights.zip") == 1  # it answers
     assert server.count("GET", "/files/efficientad_pretrained_weights.zip") == 0  # not fetched
     assert not efficientad_teachers(settings).present()
+
+
+def test_where_substitutes_are_allowed_a_missing_asset_without_one_fails_only_its_cells(
+    settings, monkeypatch
+):
+    """quick/cpu: a model whose weights have no substitute fails its own cells (its build
+    names the asset), the others go on; the paper profile fails the run before training."""
+    from tasks.assets import Need, plan_assets
+
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    need = Need(timm_backbone("resnet18", settings), "a model without a substitute")
+    allowed = settings.model_copy(update={"allow_fallback": True})
+    statuses = prepare_assets(plan_assets([need], allowed, "FETCH"))
+    assert not statuses["resnet18"].present and statuses["resnet18"].offline
+    with pytest.raises(MissingAssetsError, match="resnet18"):
+        prepare_assets(plan_assets([need], settings, "FETCH"))

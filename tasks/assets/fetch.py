@@ -177,7 +177,10 @@ def prepare_assets(
 ) -> dict[str, AssetStatus]:
     """Resolve every asset of `plan` under its settings' policy; raise
     `MissingAssetsError` when one is missing that the run cannot do without: every
-    listed asset under 'required', else those without an allowed fallback.
+    listed asset under 'required'; without `allow_fallback` (the paper profile), every
+    one. Where substitutes are allowed (quick, cpu), a missing asset with one is replaced
+    by it, and one without one fails only the cells of the model that needs it (its
+    build names it), so the other models' cells go on.
 
     Every source is asked first, downloading nothing: a run that cannot start (one such
     asset cannot be had) fetches none of the others, and its error names every missing
@@ -186,7 +189,7 @@ def prepare_assets(
     settings = plan.settings
 
     def fatal(need: Need) -> bool:
-        return need.fallback is None or settings.download == "required"
+        return settings.download == "required" or not settings.allow_fallback
 
     unavailable = {n.asset.name: probe_missing(n.asset, settings) for n in plan.needs}
     missing = [unavailable[n.asset.name] for n in plan.needs if fatal(n)]
