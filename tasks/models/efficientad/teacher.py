@@ -386,7 +386,7 @@ def distilled_teacher(
             if not (path.is_file() and stats_path.is_file()):
                 _distil_into(path, stats_path, size, steps, seed, device)
     stats = json.loads(stats_path.read_text())
-    logger.info("EfficientAD fallback teacher from cache %s", path)
+    logger.info("EfficientAD substitute teacher: %s", path)
     made_on = stats.get("device", "cpu")
     label = (
         f"fallback: distilled from EfficientNet-Lite0 ImageNet features "
