@@ -137,7 +137,8 @@ def main() -> None:
     weights_dir = Path(args.weights_dir) if args.weights_dir else work / "weights"
     model, _ = build_efficientad(
         settings,
-        cache_dir=weights_dir,
+        weights_dir,
+        profile.assets,
         pre_processor=EfficientAd.configure_pre_processor((args.image_size,) * 2),
     )
     if args.image_size == 128:

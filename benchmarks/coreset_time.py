@@ -170,7 +170,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, provenance = build_patchcore(settings_for("patchcore", load_profile("quick")))
+    quick = load_profile("quick")
+    model, provenance = build_patchcore(settings_for("patchcore", quick), quick.assets)
     train = sorted((GRID / "train" / "good").glob("*.png"))
     print(
         f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "

@@ -41,10 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def train(root: Path, category: str, steps: int, cache: Path):
-    settings = settings_for(
-        "efficientad", load_profile("quick", {"efficientad": {"max_steps": steps}})
-    )
-    model, provenance = build_efficientad(settings, cache, visualizer=False)
+    profile = load_profile("quick", {"efficientad": {"max_steps": steps}})
+    settings = settings_for("efficientad", profile)
+    model, provenance = build_efficientad(settings, cache, profile.assets, visualizer=False)
     datamodule = MVTecAD(
         root=root, category=category, train_batch_size=1, eval_batch_size=8, num_workers=0
     )

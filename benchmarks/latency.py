@@ -100,7 +100,7 @@ def build(name: str, profile, cache: Path):
     """The model untrained, its settings, and its Lightning trainer arguments."""
     entry = registry.get(name)
     settings = entry.settings_for(profile)
-    model, _ = entry.build(settings, BuildContext(cache, "cpu"))
+    model, _ = entry.build(settings, BuildContext(cache, "cpu", profile.assets))
     return model, settings, entry.trainer_args(settings, "cpu")
 
 

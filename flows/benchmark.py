@@ -23,9 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from prefect.futures import as_completed
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 
+from tasks.assets import AssetStatus, MissingAssetsError, prepare_assets
 from tasks.data.datasets import expand_categories
 from tasks.models import registry
 from tasks.report.render import render_report
@@ -76,6 +76,7 @@ from tasks.runtime.paths import artifact_dir
 from tasks.runtime.prefect_server import prefect_api
 from tasks.runtime.profiles import PROFILES, Profile, ProfileError, load_profile
 from tasks.runtime.retries import retry_transient_faults
+from tasks.runtime.ui_logs import shown_in_ui
 from tasks.runtime.writes import ensure_dir
 from tasks.training.cache import mark_cached, training_cache_key
 from tasks.training.cell import cell_summary, run_cell
@@ -89,30 +90,63 @@ class BenchmarkIncomplete(RuntimeError):
 
 
 # Long stages that log from plain loggers, e.g. EfficientAD's teacher distillation (its
-# first cell on a host without a pretrained teacher) and the PatchCore coreset: every
-# model's modules log under `tasks.models`, whose records then reach the task run's log.
-UI_LOGGERS = ("tasks.models",)
+# first cell on a host without a pretrained teacher), the PatchCore coreset, a weights
+# download: every model's modules log under `tasks.models`, the asset layer's under
+# `tasks.assets`, whose records then reach the task run's log.
+UI_LOGGERS = ("tasks.models", "tasks.assets")
 
 
-@contextlib.contextmanager
-def shown_in_ui(*names: str) -> Iterator[None]:
-    """Forward these loggers' INFO records to the task run's log in the Prefect UI, with the
-    handlers Prefect gives `PREFECT_LOGGING_EXTRA_LOGGERS` (set here so that it holds in a
-    worker's or a Dask worker's process too, whatever their environment)."""
-    handlers = logging.getLogger("prefect.extra").handlers
-    loggers = [logging.getLogger(name) for name in names]
-    saved = [(lg, lg.level, [h for h in handlers if h not in lg.handlers]) for lg in loggers]
-    for lg, _, added in saved:
-        lg.setLevel(logging.INFO)
-        for handler in added:
-            lg.addHandler(handler)
-    try:
-        yield
-    finally:
-        for lg, level, added in saved:
-            lg.setLevel(level)
-            for handler in added:
-                lg.removeHandler(handler)
+@task(name="prepare-assets", cache_policy=NO_CACHE, retries=0)
+def prepare_assets_task(
+    profile: Profile,
+    models: list[str],
+    dataset: str,
+    categories: list[str] | None,
+    data_root: str | None,
+    overrides: dict | None,
+) -> None:
+    """The pre-flight check: every asset the run needs (each model's, as its registry
+    entry says, and MVTec AD's), fetched where the profile allows. Without
+    `assets.allow_fallback` (the paper profile) a missing one raises `MissingAssetsError`
+    naming each, where it was looked for, and the fetch command; nothing is downloaded
+    then. With it, substitutes stand in, and a missing asset that has none fails only the
+    cells that need it."""
+    logger = get_run_logger()
+    plan = registry.required_assets(
+        profile, models, dataset, categories, data_root=data_root, overrides=overrides
+    )
+    needs = {need.asset.name: need for need in plan.needs}
+
+    def log_status(status: AssetStatus) -> None:
+        need = needs[status.asset.name]
+        if status.present:
+            verb = "fetched" if status.fetched else "found"
+            logger.info("%s %s at %s", need.asset.name, verb, status.path)
+        elif need.fallback and profile.assets.fallback_allowed:
+            logger.warning(
+                "%s missing (%s); substitute: %s", need.asset.name, status.problem, need.fallback
+            )
+        elif profile.assets.fallback_allowed:  # no substitute: only its model's cells fail
+            logger.error(
+                "%s missing: %s; what needs it (%s) will fail",
+                need.asset.name,
+                status.problem,
+                need.used_by,
+            )
+        else:
+            logger.error("%s missing: %s", need.asset.name, status.problem)
+
+    with shown_in_ui(*UI_LOGGERS):
+        prepare_assets(plan, on_status=log_status)
+
+
+@task(name="prepare-model", task_run_name="prepare {model_name}", cache_policy=NO_CACHE)
+def prepare_model_task(model_name: str, profile: Profile) -> None:
+    """A model's work done once per run before its cells (`ModelEntry.prepare`), on a
+    worker of the run's cluster and its device: e.g. EfficientAD's substitute teacher,
+    distilled once into the shared weights folder instead of once per worker."""
+    with shown_in_ui(*UI_LOGGERS):
+        registry.prepare(model_name, profile)
 
 
 @task(
@@ -195,6 +229,13 @@ def train_cells(
         results.append(result)
 
     with stop_on_signals():  # Prefect puts its own SIGTERM handler back for a subflow
+        # once per run, before the cells; a failure is logged, and its cells then fail
+        # with their own error
+        for model in registry.preparing(dict.fromkeys(model for model, _ in cells)):
+            if in_process:
+                prepare_model_task(model, settings, return_state=True)
+            else:
+                prepare_model_task.submit(model, settings).wait()
         if in_process:
             for model, category in cells:
                 try:
@@ -326,8 +367,22 @@ def benchmark(
     )
     with run_end_recorded(store, run_id) as end:  # lease; signals -> cancelled; failures
         close_abandoned_runs(store, run_id)
+        try:  # before validation and training: a missing asset fails the run here
+            prepare_assets_task(settings, models, dataset, categories, data_root, params.overrides)
+        except Exception as err:
+            missing = isinstance(err, MissingAssetsError)
+            store.finish_run(
+                run_id, "failed", error=str(err) if missing else f"{type(err).__name__}: {err}"
+            )
+            raise
         spec, report = check_dataset(
-            dataset, data_root, categories, store, run_id, settings.validation.directory
+            dataset,
+            data_root,
+            categories,
+            store,
+            run_id,
+            settings.validation.directory,
+            settings.assets,
         )
         if spec is None or not report.passed:
             store.finish_run(run_id, "failed_validation", error=report.summary())

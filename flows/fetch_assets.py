@@ -7,11 +7,13 @@ what is on this host.
     python -m flows.fetch_assets --profile paper --dest /media/usb/assets
     python -m flows.fetch_assets --profile paper --check
 
-What a profile needs is `tasks.assets.required_assets`: PatchCore's timm backbone
-(wide_resnet50_2 for `paper`), anomalib's EfficientAD teachers and imagenette, and MVTec
-AD with `--dataset mvtec`. Each asset is fetched once, under a file lock, written
-atomically; a complete one is skipped, so an interrupted fetch is resumed by running the
-command again (huggingface_hub also resumes a broken transfer within one download).
+What a profile needs is what each model's registry entry says it needs
+(`tasks.models.registry.required_assets`): PatchCore's timm backbone (wide_resnet50_2 for
+`paper`), anomalib's EfficientAD teachers and imagenette, and MVTec AD with
+`--dataset mvtec` (`--models none` for the dataset alone). Each asset is fetched once,
+under a file lock, written atomically; a complete one is skipped, so an interrupted
+fetch is resumed by running the command again (huggingface_hub also resumes a broken
+transfer within one download).
 Progress goes to the log (and a progress artifact in the Prefect UI).
 
 `--check` uses no network: one line per asset, present or missing, with its size and
@@ -40,11 +42,9 @@ Exit code 0: every asset is present (fetched or already there); 1: something is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -56,44 +56,22 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.assets import (
     DATASETS,
-    MODEL_NEEDS,
     Asset,
     AssetPlan,
     AssetSettings,
     AssetStatus,
     MissingAssetsError,
     check_assets,
-    required_assets,
     resolve_asset,
 )
-from tasks.models.registry import settings_view
+from tasks.models import registry
 from tasks.runtime.profiles import PROFILES, load_profile
+from tasks.runtime.ui_logs import shown_in_ui
 
-DEFAULT_MODELS = tuple(MODEL_NEEDS)
+DEFAULT_MODELS = registry.names()
+OWN_CACHES = "the libraries' own caches (no assets dir set)"
 # a fetch ahead waits longer for a source than a benchmark's pre-flight check does
 FETCH_TIMEOUT_S = 15.0
-
-
-@contextlib.contextmanager
-def _shown_in_ui(name: str) -> Iterator[None]:
-    """The asset layer's INFO records (progress lines) in the task run's log, through the
-    handlers Prefect gives its extra loggers."""
-    handlers = [
-        h
-        for h in logging.getLogger("prefect.extra").handlers
-        if h not in logging.getLogger(name).handlers
-    ]
-    target = logging.getLogger(name)
-    level = target.level
-    target.setLevel(logging.INFO)
-    for handler in handlers:
-        target.addHandler(handler)
-    try:
-        yield
-    finally:
-        target.setLevel(level)
-        for handler in handlers:
-            target.removeHandler(handler)
 
 
 def plan_fetch(
@@ -106,17 +84,18 @@ def plan_fetch(
     overrides: dict | None = None,
     timeout_s: float = FETCH_TIMEOUT_S,
 ) -> AssetPlan:
-    """What `profile` + `models` (+ `dataset`) need, every asset to be had ('required')."""
+    """What `profile` + `models` (+ `dataset`) need, every asset to be had ('required',
+    no substitute). `models` None: every model; empty: none (a dataset alone)."""
     settings = AssetSettings(download="required", dir=dest, timeout_s=timeout_s)
-    return required_assets(
-        settings_view(load_profile(profile, overrides)),
-        list(models or DEFAULT_MODELS),
+    return registry.required_assets(
+        load_profile(profile, overrides),
+        list(DEFAULT_MODELS if models is None else models),
         dataset,
         categories,
         settings=settings,
         data_root=data_root,
-        allow_fallback=False,
         overrides=overrides,
+        whole_dataset=True,
     )
 
 
@@ -124,7 +103,7 @@ def listing(plan: AssetPlan, statuses: Sequence[AssetStatus]) -> str:
     """The `--check` table: per asset present or missing, size and path; then a summary."""
     root = plan.settings.root()
     lines = [
-        f"cache: {root if root else 'the libraries own caches (no assets dir set)'}",
+        f"cache: {root or OWN_CACHES}",
         f"{'asset':<24} {'kind':<9} {'status':<8} {'size':>9}  path",
         *(status.line() for status in statuses),
     ]
@@ -153,7 +132,7 @@ def _row(status: AssetStatus) -> dict:
 def fetch_asset_task(asset: Asset, settings: AssetSettings) -> AssetStatus:
     """One asset: skipped when present, else fetched and verified (see tasks.assets)."""
     logger = get_run_logger()
-    with _shown_in_ui("tasks.assets"):
+    with shown_in_ui("tasks.assets"):
         status = resolve_asset(asset, settings)
     if status.present:
         verb = "fetched" if status.fetched else "already present"
@@ -187,7 +166,8 @@ def fetch_assets_flow(
     create_table_artifact(
         [_row(s) for s in statuses],
         key="fetch-assets",
-        description=f"assets of profile {profile}, models {', '.join(models or DEFAULT_MODELS)}",
+        description=f"assets of profile {profile}, models "
+        f"{', '.join(DEFAULT_MODELS if models is None else models) or 'none'}",
     )
     print(listing(plan, statuses))
     missing = [s for s in statuses if not s.present]
@@ -204,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="paper")
     parser.add_argument(
-        "--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names"
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated model names; 'none' for a dataset alone",
     )
     parser.add_argument("--dataset", choices=sorted(DATASETS), default=None)
     parser.add_argument("--categories", default=None, help="comma-separated; default: all")
@@ -225,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "--check", action="store_true", help="list present/missing assets; no network"
     )
     args = parser.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip() and m.strip() != "none"]
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     overrides = json.loads(args.overrides) if args.overrides else None
     try:
@@ -233,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             args.profile, models, args.dataset, categories, args.data_root, args.dest, overrides,
             args.timeout_s,
         )  # fmt: skip
-    except ValueError as err:
+    except ValueError as err:  # an unknown model, profile setting or category
         print(err, file=sys.stderr)
         return 2
     if args.check:

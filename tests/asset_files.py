@@ -77,3 +77,29 @@ def imagenette_archive() -> Served:
                 info.size = len(image.getvalue())
                 archive.addfile(info, io.BytesIO(image.getvalue()))
     return served(buffer.getvalue())
+
+
+def mvtec_archive(categories: tuple[str, ...] = ("grid",)) -> Served:
+    """`mvtec_anomaly_detection.tar.xz` in MVTec AD's layout, a few tiny images per
+    category: <category>/{train/good, test/good, test/crack, ground_truth/crack}."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+
+    def add(archive: tarfile.TarFile, name: str, pixels: np.ndarray) -> None:
+        image = io.BytesIO()
+        Image.fromarray(pixels).save(image, format="PNG")
+        info = tarfile.TarInfo(name)
+        info.size = len(image.getvalue())
+        archive.addfile(info, io.BytesIO(image.getvalue()))
+
+    with tarfile.open(fileobj=buffer, mode="w:xz") as archive:
+        for category in categories:
+            for index in range(3):
+                noise = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                add(archive, f"{category}/train/good/{index:03d}.png", noise)
+            add(archive, f"{category}/test/good/000.png", noise)
+            mask = np.zeros((32, 32), dtype=np.uint8)
+            mask[8:16, 8:16] = 255
+            add(archive, f"{category}/test/crack/000.png", noise)
+            add(archive, f"{category}/ground_truth/crack/000_mask.png", mask)
+    return served(buffer.getvalue())

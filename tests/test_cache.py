@@ -79,6 +79,28 @@ def test_a_changed_weights_file_or_library_version_changes_the_key(
     assert _key(profile) != after
 
 
+def test_an_asset_fetched_or_changed_changes_the_key_and_locks_do_not(tmp_path: Path):
+    profile = load_profile(
+        "quick", {"weights_dir": str(tmp_path / "weights"), "assets": {"dir": str(tmp_path)}}
+    )
+    before = _key(profile)
+    assert cache.assets_fingerprint(profile, "patchcore") == {"wide_resnet50_2": "missing"}
+    (tmp_path / "weights" / ".locks").mkdir(parents=True)  # a lock left by a preparation
+    (tmp_path / "weights" / ".locks" / "teacher.lock").touch()
+    assert _key(profile) == before
+    # wide_resnet50_2 appears in the hub cache (e.g. fetched ahead): quick then uses it
+    repo = tmp_path / "huggingface/hub/models--timm--wide_resnet50_2.racm_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    fetched = _key(profile)
+    assert fetched != before
+    (snapshot / "model.safetensors").write_bytes(b"other weights")
+    assert _key(profile) != fetched
+
+
 def test_a_cached_result_names_its_source_run_and_marks_its_timings():
     result = ModelResult(
         model="patchcore",

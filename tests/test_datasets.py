@@ -1,20 +1,25 @@
-"""The dataset layer: demo generation, layout checks and the offline MVTec path."""
+"""The dataset layer: demo generation, layout checks, and MVTec AD through the asset
+layer (anomalib's URL pointed at a real HTTP server on 127.0.0.1, or at a closed port)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from asset_files import mvtec_archive
+from asset_server import AssetServer, closed_port_url
 from PIL import Image
 
 from tasks.data import datasets, demo_data
 from tasks.data.datasets import prepare_dataset
 from tasks.data.demo_data import DEMO_CATEGORIES
 from tasks.results.types import DatasetError
+from tasks.runtime.asset_settings import AssetSettings
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -120,34 +125,67 @@ def test_folder_pointing_at_one_category(make_dataset):
     assert spec.root == root and spec.categories == ("widget",)
 
 
-def test_mvtec_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "mvtec_download_is_reachable", lambda: False)
+@pytest.fixture
+def mvtec_url(monkeypatch: pytest.MonkeyPatch):
+    """Point anomalib's own MVTec AD `DownloadInfo` at `url` (with the archive's hash)."""
+    from anomalib.data.datamodules.image.mvtecad import DOWNLOAD_INFO
+
+    def point(url: str, sha256: str = DOWNLOAD_INFO.hashsum) -> None:
+        monkeypatch.setattr(DOWNLOAD_INFO, "url", url)
+        monkeypatch.setattr(DOWNLOAD_INFO, "hashsum", sha256)
+
+    return point
+
+
+def test_mvtec_offline_fails_fast_with_instructions(tmp_path, mvtec_url):
+    mvtec_url(closed_port_url() + "/mvtec_anomaly_detection.tar.xz")
     missing = tmp_path / "mvtec"
+    started = time.perf_counter()
     with pytest.raises(DatasetError) as raised:
-        prepare_dataset("mvtec", missing, ["grid"])
+        prepare_dataset("mvtec", missing, ["grid"], AssetSettings(timeout_s=2.0))
+    assert time.perf_counter() - started < 10
     message = str(raised.value)
     assert str(missing) in message and "does not exist" in message
+    assert "cannot connect to 127.0.0.1" in message  # why, and it is offline
+    assert (
+        "python -m flows.fetch_assets --models none --dataset mvtec --categories grid "
+        f"--data-root {missing}"
+    ) in message
     assert "mvtec.com" in message and "train/good" in message
 
 
-def test_mvtec_offline_env_means_no_connection_attempt(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.socket, "create_connection", pytest.fail)
-    assert datasets.mvtec_download_is_reachable() is False
+def test_mvtec_never_downloaded_under_never_and_not_called_offline(tmp_path, mvtec_url):
+    with AssetServer() as server:
+        mvtec_url(server.add_file("mvtec_anomaly_detection.tar.xz", b"unused"))
+        with pytest.raises(DatasetError) as raised:
+            prepare_dataset("mvtec", tmp_path, ["grid"], AssetSettings(download="never"))
+        assert server.total_requests == 0
+    message = str(raised.value)
+    assert "MVTec AD category grid not found" in message and "'never'" in message
+    assert "offline" not in message
 
 
-def test_mvtec_reachability_check_is_bounded(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("ANOMALIB_OFFLINE", raising=False)
-    start = time.perf_counter()
-    datasets.mvtec_download_is_reachable(timeout_s=1.0)  # True or False, never a hang
-    assert time.perf_counter() - start < 5
+def test_mvtec_fetched_through_the_asset_layer_then_read_from_disk(tmp_path, mvtec_url):
+    archive = mvtec_archive(("grid",))
+    root = tmp_path / "mvtec"
+    with AssetServer() as server:
+        mvtec_url(server.add_file("mvtec_anomaly_detection.tar.xz", archive.data), archive.sha256)
+        spec = prepare_dataset("mvtec", root, ["grid"], AssetSettings(timeout_s=2.0))
+        assert server.count("GET", "/files/mvtec_anomaly_detection.tar.xz") == 1
+    assert spec.categories == ("grid",) and spec.masks_expected
+    assert len(list((root / "grid" / "train" / "good").glob("*.png"))) == 3
+    assert json.loads((root / ".mvtec_ad.verified.json").read_text())["sha256"] == archive.sha256
+    # the server is gone: the second run reads the copy on disk
+    assert prepare_dataset("mvtec", root, ["grid"], AssetSettings()).categories == ("grid",)
 
 
-def test_mvtec_download_host_matches_anomalib():
-    from anomalib.data.datamodules.image.mvtecad import DOWNLOAD_INFO
-
-    assert f"//{datasets.MVTEC_DOWNLOAD_HOST}/" in DOWNLOAD_INFO.url
+def test_mvtec_with_a_wrong_hash_is_refused_and_nothing_kept(tmp_path, mvtec_url):
+    archive = mvtec_archive(("grid",))
+    with AssetServer() as server:
+        mvtec_url(server.add_file("mvtec_anomaly_detection.tar.xz", archive.data), "0" * 64)
+        with pytest.raises(DatasetError, match="hash mismatch"):
+            prepare_dataset("mvtec", tmp_path / "mvtec", ["grid"], AssetSettings(timeout_s=2.0))
+    assert not (tmp_path / "mvtec" / "grid").exists()
 
 
 def test_mvtec_unknown_category(tmp_path):
@@ -164,7 +202,7 @@ def test_mvtec_category_without_ground_truth(make_dataset):
 
 
 def test_mvtec_uses_present_categories(make_dataset, monkeypatch):
-    monkeypatch.setattr(datasets, "mvtec_download_is_reachable", pytest.fail)
+    monkeypatch.setattr(datasets, "fetch_asset", pytest.fail)
     root = make_dataset(categories=("grid", "tile"))
     spec = prepare_dataset("mvtec", root, None)
     assert spec.categories == ("grid", "tile") and spec.masks_expected

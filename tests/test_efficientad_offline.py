@@ -1,7 +1,9 @@
-"""EfficientAD without the network: offline teacher, penalty photos, a real anomalib fit."""
+"""EfficientAD without the network: its substitute teacher and penalty photos where
+allowed, a local teacher, clear refusals, and a real anomalib fit."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from pathlib import Path
 
@@ -14,29 +16,37 @@ from anomalib.models.image.efficient_ad import lightning_model as anomalib_effic
 from conftest import cpu_engine
 from PIL import Image
 
+from tasks.assets import MissingAssetsError
 from tasks.data.decode import load_images
 from tasks.models.efficientad import teacher as efficientad_teacher
 from tasks.models.efficientad.model import OfflineAssetError, build_efficientad
 from tasks.models.efficientad.scoring import efficientad_inference
 from tasks.models.registry import settings_for
+from tasks.runtime.asset_settings import AssetSettings
 from tasks.runtime.profiles import load_profile
 
 IMAGE_SIZE = 256  # anomalib's EfficientAD autoencoder needs at least 256 px
 CROP = 128  # images on disk; the pre-processor resizes them
 
 
+# the quick profile's assets: local files only, substitutes allowed; in an empty folder
+OFFLINE = {"download": "never", "allow_fallback": True}
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Any download or socket connection fails the test; anomalib's cache is empty."""
+    """Any download or socket connection fails the test; the asset cache is empty."""
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args}")
 
     monkeypatch.setattr(anomalib_efficientad, "download_and_extract", refuse)
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(
-        efficientad_teacher, "get_pretrained_weights_dir", lambda: tmp_path / "anomalib_cache"
-    )
+
+
+@pytest.fixture
+def assets(tmp_path: Path) -> AssetSettings:
+    return AssetSettings(**OFFLINE, dir=str(tmp_path / "assets"))
 
 
 @pytest.fixture
@@ -86,12 +96,13 @@ def fit(model, root: Path, tmp_path: Path, validate: bool = False) -> None:
 
 @pytest.mark.slow
 def test_fallback_teacher_is_distilled_cached_and_trains_offline(
-    brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets
 ) -> None:
     cache = tmp_path / "cache"
-    model, provenance = build_efficientad(quick_settings(), cache, visualizer=False)
+    model, provenance = build_efficientad(quick_settings(), cache, assets, visualizer=False)
 
     assert provenance["source"] == "fallback"
+    assert provenance["teacher_source"] == provenance["penalty_data_source"] == "fallback"
     assert provenance["paper_configuration"] is False
     assert provenance["teacher"].startswith("fallback: distilled from EfficientNet-Lite0")
     assert provenance["penalty_data"].startswith("fallback: scikit-image natural photos")
@@ -121,7 +132,7 @@ def test_fallback_teacher_is_distilled_cached_and_trains_offline(
 
     # a second build reuses the cached teacher instead of distilling again
     monkeypatch.setattr(efficientad_teacher, "distill_teacher", pytest.fail)
-    _, again = build_efficientad(quick_settings(), cache)
+    _, again = build_efficientad(quick_settings(), cache, assets)
     assert again["teacher"] == provenance["teacher"]
 
 
@@ -149,7 +160,7 @@ def test_negligible_teacher_weights_are_zeroed_when_loaded(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_configured_local_teacher_is_used(
-    brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    brick_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assets
 ) -> None:
     torch.manual_seed(123)
     local = efficientad_teacher.new_pdn("small").state_dict()
@@ -158,47 +169,71 @@ def test_configured_local_teacher_is_used(
     monkeypatch.setattr(efficientad_teacher, "distill_teacher", pytest.fail)
 
     model, provenance = build_efficientad(
-        quick_settings(teacher_weights=str(teacher_file)), tmp_path / "cache", visualizer=False
+        quick_settings(teacher_weights=str(teacher_file)),
+        tmp_path / "cache",
+        assets,
+        visualizer=False,
     )
     fit(model, brick_dataset, tmp_path)
 
-    assert provenance["source"] == "pretrained"
+    # a real teacher with the substitute penalty photos is not "pretrained weights"
+    assert provenance["source"] == "fallback" and provenance["penalty_data_source"] == "fallback"
     assert provenance["teacher"] == f"anomalib pretrained (local copy {teacher_file})"
+    assert provenance["teacher_source"] == "local"
+    assert provenance["teacher_sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
     teacher = model.model.teacher.state_dict()
     assert all(torch.equal(teacher[name], local[name]) for name in local)
 
 
-def test_teacher_in_cache_dir_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    torch.save(
-        efficientad_teacher.new_pdn("small").state_dict(),
-        tmp_path / "pretrained_teacher_small.pth",
-    )
+def test_teacher_in_the_asset_cache_is_found(tmp_path: Path, monkeypatch, assets) -> None:
+    folder = assets.anomalib_weights_dir() / "efficientad_pretrained_weights"
+    folder.mkdir(parents=True)
+    for size in ("small", "medium"):
+        torch.save(
+            efficientad_teacher.new_pdn(size).state_dict(),
+            folder / f"pretrained_teacher_{size}.pth",
+        )
     monkeypatch.setattr(efficientad_teacher, "distill_teacher", pytest.fail)
-    _, provenance = build_efficientad(quick_settings(), tmp_path, allow_fallback=False)
-    assert provenance["source"] == "pretrained"
+    refused = assets.model_copy(update={"allow_fallback": False})
+    _, provenance = build_efficientad(
+        quick_settings(imagenet_dir=str(_photo_folder(tmp_path))), tmp_path, refused
+    )
+    assert provenance["teacher_source"] == "anomalib" and provenance["source"] == "pretrained"
+    assert str(folder / "pretrained_teacher_small.pth") in provenance["teacher"]
+    # copied there by hand, not verified by the asset layer: said so, with anomalib's hash
+    assert provenance["teacher_sha256"].startswith("not recorded (unverified copy")
 
 
-def test_missing_teacher_without_fallback_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(OfflineAssetError, match="pretrained_teacher_small.pth"):
-        build_efficientad(quick_settings(), tmp_path, allow_fallback=False)
+def test_missing_teacher_without_fallback_is_a_clear_error(tmp_path: Path, assets) -> None:
+    refused = assets.model_copy(update={"allow_fallback": False})
+    with pytest.raises(MissingAssetsError) as missing:
+        build_efficientad(quick_settings(), tmp_path, refused, fetch_command="FETCH-IT")
+    message = str(missing.value)
+    assert "2 assets needed by this run are missing" in message
+    assert "efficientad-teacher" in message and "imagenette" in message
+    assert str(assets.anomalib_weights_dir() / "efficientad_pretrained_weights") in message
+    assert "FETCH-IT" in message
+    assert not list(tmp_path.glob("teacher_*_distilled_*"))  # no substitute made
     with pytest.raises(OfflineAssetError, match="teacher_weights"):
-        build_efficientad(quick_settings(teacher_weights=str(tmp_path / "nope.pth")), tmp_path)
+        build_efficientad(
+            quick_settings(teacher_weights=str(tmp_path / "nope.pth")), tmp_path, assets
+        )
     with pytest.raises(OfflineAssetError, match="imagenet_dir"):
-        build_efficientad(quick_settings(imagenet_dir=str(tmp_path / "nope")), tmp_path)
+        build_efficientad(quick_settings(imagenet_dir=str(tmp_path / "nope")), tmp_path, assets)
 
 
-def test_teacher_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
+def test_teacher_of_the_wrong_size_is_refused(tmp_path: Path, assets) -> None:
     medium_file = tmp_path / "medium.pth"
     torch.save(efficientad_teacher.new_pdn("medium").state_dict(), medium_file)
     with pytest.raises(ValueError, match="not a teacher of this EfficientAD size"):
-        build_efficientad(quick_settings(teacher_weights=str(medium_file)), tmp_path)
+        build_efficientad(quick_settings(teacher_weights=str(medium_file)), tmp_path, assets)
 
 
 @pytest.mark.slow
-def test_bf16_and_openvino_scores_follow_fp32(tmp_path: Path) -> None:
+def test_bf16_and_openvino_scores_follow_fp32(tmp_path: Path, assets) -> None:
     torch.manual_seed(0)
     model, _ = build_efficientad(
-        quick_settings(teacher_weights=str(_saved_random_teacher(tmp_path))), tmp_path
+        quick_settings(teacher_weights=str(_saved_random_teacher(tmp_path))), tmp_path, assets
     )
     model.model.mean_std.update(
         {"mean": torch.zeros(1, 384, 1, 1), "std": torch.ones(1, 384, 1, 1)}
@@ -219,3 +254,11 @@ def _saved_random_teacher(tmp_path: Path) -> Path:
     path = tmp_path / "random_teacher.pth"
     torch.save(efficientad_teacher.new_pdn("small").state_dict(), path)
     return path
+
+
+def _photo_folder(tmp_path: Path) -> Path:
+    """A one-class ImageFolder standing in for a local imagenette copy."""
+    root = tmp_path / "photos"
+    (root / "n01440764").mkdir(parents=True)
+    Image.fromarray(skimage.data.astronaut()).save(root / "n01440764" / "a.png")
+    return root

@@ -54,10 +54,9 @@ def test_inference_decode_matches_the_training_resize(fine_texture):
 
 
 def test_patchcore_trains_tests_times_and_exports_on_the_same_pixels(fine_texture):
-    settings = settings_for("patchcore", load_profile("quick")).model_copy(
-        update={"image_size": SIZE}
-    )
-    model, _ = build_patchcore(settings)
+    quick = load_profile("quick")
+    settings = settings_for("patchcore", quick).model_copy(update={"image_size": SIZE})
+    model, _ = build_patchcore(settings, quick.assets)
     pre = model.pre_processor
     seen_in_training = training_input(fine_texture, pre)
     # anomalib's ONNX/OpenVINO export uses the pre-processor's exportable twin, which

@@ -11,7 +11,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
 from prefect.context import TaskRunContext
 
-from flows.benchmark import UI_LOGGERS, shown_in_ui
+from flows.benchmark import UI_LOGGERS
+from tasks.runtime.ui_logs import shown_in_ui
 
 
 def test_distillation_and_coreset_lines_reach_the_task_run_log(prefect_api):

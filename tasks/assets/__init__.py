@@ -11,15 +11,18 @@ Assets:
   with anomalib's `download_and_extract`;
 - datasets: MVTec AD (`mvtec_ad`), by name in `DATASETS`.
 
-Policy (`AssetSettings.download`): 'auto' fetches a missing asset when its source answers
-within `timeout_s` (a short HEAD, never a hang); 'never' uses local files only;
-'required' refuses every fallback. `ANOMALY_BENCHMARK_ASSETS_DIR` (or `assets.dir`)
-points every asset at one folder, e.g. one carried to an air-gapped host.
+Policy (`AssetSettings`, the profile's `assets`): `download` 'auto' fetches a missing
+asset when its source answers within `timeout_s` (a short HEAD, never a hang); 'never'
+uses local files only; 'required' refuses every fallback. `allow_fallback` says whether
+a model's named substitute may replace a missing asset. `ANOMALY_BENCHMARK_ASSETS_DIR`
+(or `assets.dir`) points every asset at one folder, e.g. one carried to an air-gapped host.
+
+Which assets a model needs, and its substitutes, is said by its registry entry
+(`tasks.models.registry.required_assets` gathers them into an `AssetPlan`); this
+package knows no model, and imports nothing from the stages above it.
 
 Example:
-    >>> settings = AssetSettings()
-    >>> plan = required_assets(load_profile("paper"), ["patchcore", "efficientad"],
-    ...                        settings=settings)
+    >>> plan = registry.required_assets(load_profile("paper"), ["patchcore", "efficientad"])
     >>> statuses = prepare_assets(plan)  # MissingAssetsError names what is missing
     >>> statuses["wide_resnet50_2"].path  # the safetensors file timm reads
     PosixPath('.../models--timm--wide_resnet50_2.racm_in1k/snapshots/.../model.safetensors')
@@ -43,16 +46,16 @@ from tasks.assets.fetch import (
     check_assets,
     fetch_asset,
     prepare_assets,
+    probe_missing,
     resolve_asset,
 )
 from tasks.assets.hub import HubWeights, timm_backbone
-from tasks.assets.needs import MODEL_NEEDS, AssetPlan, Need, fetch_command, required_assets
-from tasks.assets.settings import ASSETS_DIR_ENV, AssetSettings, DownloadPolicy
+from tasks.assets.needs import AssetPlan, Need, dataset_need, fetch_command, plan_assets
+from tasks.runtime.asset_settings import ASSETS_DIR_ENV, AssetSettings, DownloadPolicy
 
 __all__ = [
     "ASSETS_DIR_ENV",
     "DATASETS",
-    "MODEL_NEEDS",
     "ArchiveAsset",
     "Asset",
     "AssetPlan",
@@ -67,13 +70,15 @@ __all__ = [
     "Probe",
     "TeacherWeights",
     "check_assets",
+    "dataset_need",
     "efficientad_teachers",
     "fetch_asset",
     "fetch_command",
     "imagenette",
     "mvtec_ad",
+    "plan_assets",
     "prepare_assets",
-    "required_assets",
+    "probe_missing",
     "resolve_asset",
     "timm_backbone",
 ]

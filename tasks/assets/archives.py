@@ -42,7 +42,7 @@ from tasks.assets.base import (
     probe_url,
     sha256_of,
 )
-from tasks.assets.settings import AssetSettings
+from tasks.runtime.asset_settings import AssetSettings
 
 if TYPE_CHECKING:
     from anomalib.data.utils import DownloadInfo
@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 TEACHER_FOLDER = "efficientad_pretrained_weights"  # as anomalib's prepare_pretrained_model
 TEACHER_SIZES = ("small", "medium")
 IMAGENETTE_FOLDER = "imagenette2"
+MVTEC_FOLDER = "mvtec_ad"  # under the datasets folder, when no dataset root is given
 STAGING_PREFIX = ".staging-"
 _SOCKET_TIMEOUT_LOCK = threading.Lock()
 
@@ -281,7 +282,7 @@ def mvtec_ad(
         raise ValueError(
             f"{', '.join(unknown)}: not an MVTec AD category; it has {', '.join(CATEGORIES)}"
         )
-    base = Path(root).expanduser().absolute() if root else settings.datasets_dir() / "mvtec_ad"
+    base = Path(root).expanduser().absolute() if root else settings.datasets_dir() / MVTEC_FOLDER
     return ArchiveAsset(
         name="mvtec_ad",
         kind="dataset",

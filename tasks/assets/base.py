@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from tasks.assets.settings import AssetSettings
+    from tasks.runtime.asset_settings import AssetSettings
 
 
 class AssetUnavailableError(FileNotFoundError):

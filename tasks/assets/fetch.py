@@ -7,13 +7,13 @@
 - `check_assets`: present or missing, size and path, without any network.
 - `prepare_assets(plan)`: the pre-flight check: every asset the plan lists is resolved;
   `MissingAssetsError` names each one that is needed and missing, where it looked, why,
-  and the command that fetches them.
+  and the command that fetches them (and nothing is downloaded when one is).
 
 One cache folder serves every worker of a run: the first to take an asset's lock fetches
 it, the others wait on the lock and then find it present.
 
 Example:
-    >>> plan = required_assets(load_profile("paper"), ["patchcore", "efficientad"])
+    >>> plan = registry.required_assets(load_profile("paper"), ["patchcore", "efficientad"])
     >>> statuses = prepare_assets(plan)  # raises MissingAssetsError when one is missing
 """
 
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
-from tasks.assets.base import Asset, AssetUnavailableError, HashMismatchError
-from tasks.assets.settings import ASSETS_DIR_ENV, AssetSettings
+from tasks.assets.base import Asset, AssetUnavailableError, HashMismatchError, Probe
+from tasks.runtime.asset_settings import ASSETS_DIR_ENV, AssetSettings
 
 if TYPE_CHECKING:
-    from tasks.assets.needs import AssetPlan
+    from tasks.assets.needs import AssetPlan, Need
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +83,35 @@ def check_assets(assets: Sequence[Asset]) -> list[AssetStatus]:
     return [_found(a) if a.present() else AssetStatus(asset=a, present=False) for a in assets]
 
 
+def _unavailable(asset: Asset, settings: AssetSettings, probe: Probe | None) -> AssetStatus:
+    if probe is None:
+        problem = f"not found at {asset.path}, and assets.download is 'never'"
+        return AssetStatus(asset=asset, present=False, problem=problem)
+    return AssetStatus(
+        asset=asset,
+        present=False,
+        problem=f"not found at {asset.path}; {asset.source}: {probe.reason}",
+        offline=probe.offline,
+    )
+
+
+def probe_missing(asset: Asset, settings: AssetSettings) -> AssetStatus | None:
+    """Without downloading: None when `asset` is present or its source serves it now,
+    else why it cannot be had."""
+    if asset.present():
+        return None
+    if settings.download == "never":
+        return _unavailable(asset, settings, None)
+    probe = asset.probe(settings)
+    return None if probe.ok else _unavailable(asset, settings, probe)
+
+
 def resolve_asset(asset: Asset, settings: AssetSettings) -> AssetStatus:
     """The asset's local copy, fetched first when the policy allows and the source answers."""
     if asset.present():
         return _found(asset)
     if settings.download == "never":
-        return AssetStatus(
-            asset=asset,
-            present=False,
-            problem=f"not found at {asset.path}, and assets.download is 'never'",
-        )
+        return _unavailable(asset, settings, None)
     lock_path = asset.lock_path()
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -102,12 +121,7 @@ def resolve_asset(asset: Asset, settings: AssetSettings) -> AssetStatus:
                 return _found(asset)
             probe = asset.probe(settings)
             if not probe.ok:
-                return AssetStatus(
-                    asset=asset,
-                    present=False,
-                    problem=f"not found at {asset.path}; {asset.source}: {probe.reason}",
-                    offline=probe.offline,
-                )
+                return _unavailable(asset, settings, probe)
             started = time.perf_counter()
             asset.download(probe, settings)
             logger.info("%s fetched in %.1f s", asset.name, time.perf_counter() - started)
@@ -163,23 +177,37 @@ def prepare_assets(
 ) -> dict[str, AssetStatus]:
     """Resolve every asset of `plan` under its settings' policy; raise
     `MissingAssetsError` when one is missing that the run cannot do without: every
-    listed asset under 'required', else those without an allowed fallback.
+    listed asset under 'required'; without `allow_fallback` (the paper profile), every
+    one. Where substitutes are allowed (quick, cpu), a missing asset with one is replaced
+    by it, and one without one fails only the cells of the model that needs it (its
+    build names it), so the other models' cells go on.
 
-    Returns the statuses by asset name, for the builders (a missing optional asset
-    means its fallback is used, and is labelled as such)."""
+    Every source is asked first, downloading nothing: a run that cannot start (one such
+    asset cannot be had) fetches none of the others, and its error names every missing
+    one. Returns the statuses by asset name; a missing optional asset means its fallback
+    is used, and is labelled as such by the build."""
     settings = plan.settings
+
+    def fatal(need: Need) -> bool:
+        return settings.download == "required" or not settings.allow_fallback
+
+    unavailable = {n.asset.name: probe_missing(n.asset, settings) for n in plan.needs}
+    missing = [unavailable[n.asset.name] for n in plan.needs if fatal(n)]
+    missing = [status for status in missing if status is not None]
+    if missing:
+        for status in missing:
+            if on_status is not None:
+                on_status(status)
+        raise MissingAssetsError(missing, plan.fetch_command, settings.download)
     statuses: dict[str, AssetStatus] = {}
     for need in plan.needs:
-        status = resolve_asset(need.asset, settings)
+        known = unavailable[need.asset.name]
+        status = known if known is not None else resolve_asset(need.asset, settings)
         statuses[need.asset.name] = status
         if on_status is not None:
             on_status(status)
-    missing = [
-        statuses[n.asset.name]
-        for n in plan.needs
-        if not statuses[n.asset.name].present
-        and (n.fallback is None or settings.download == "required")
-    ]
-    if missing:
+    missing = [statuses[n.asset.name] for n in plan.needs if fatal(n)]
+    missing = [status for status in missing if not status.present]
+    if missing:  # the source answered the probe but the download failed (e.g. its hash)
         raise MissingAssetsError(missing, plan.fetch_command, settings.download)
     return statuses

@@ -37,7 +37,7 @@ from tasks.assets.base import (
     no_answer,
     sha256_of,
 )
-from tasks.assets.settings import AssetSettings
+from tasks.runtime.asset_settings import AssetSettings
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,12 @@
 
 Three kinds:
 - `demo`: generated on first use (see `tasks.data.demo_data`); not MVTec AD.
-- `mvtec`: MVTec AD (Bergmann et al., CVPR 2019) under `data_root`; downloaded with
-  anomalib only when the download host answers within a few seconds, otherwise a
-  `DatasetError` says what is missing and where to put it. Never hangs offline.
+- `mvtec`: MVTec AD (Bergmann et al., CVPR 2019) under `data_root` (default: the asset
+  cache's `datasets/mvtec_ad`, see `tasks.assets`); a wanted category that is absent is
+  fetched through the asset layer (anomalib's URL and hash, `fetch_asset(mvtec_ad(...))`)
+  where the profile's `assets.download` allows it and the source answers within its
+  timeout, otherwise a `DatasetError` says what is missing, why, and how to get it.
+  Never hangs offline.
 - `folder`: the user's own MVTec-like folder; masks are optional.
 
 Only the layout is checked here (paths, categories, `train/`); file contents are the
@@ -19,14 +22,14 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from tasks.assets import ArchiveAsset, AssetUnavailableError, fetch_asset, fetch_command, mvtec_ad
+from tasks.assets.archives import MVTEC_FOLDER
 from tasks.data.demo_data import DEMO_CATEGORIES, ensure_demo_dataset
 from tasks.results.types import DatasetError, DatasetSpec
+from tasks.runtime.asset_settings import AssetSettings
 from tasks.runtime.paths import UnsafePath, plain_name
 
 log = logging.getLogger(__name__)
@@ -37,11 +40,8 @@ MVTEC_CATEGORIES: tuple[str, ...] = (
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
 )  # fmt: skip
-DEFAULT_ROOTS = {"demo": Path("data/demo"), "mvtec": Path("data/mvtec_ad")}
+DEFAULT_DEMO_ROOT = Path("data/demo")
 MVTEC_HOME = "https://www.mvtec.com/company/research/datasets/mvtec-ad"
-ONLINE_TIMEOUT_S = 3.0
-# host of anomalib's mvtecad DOWNLOAD_INFO.url; named here so the check needs no torch import
-MVTEC_DOWNLOAD_HOST = "www.mydrive.ch"
 
 
 def _category_dirs(root: Path) -> list[str]:
@@ -67,36 +67,40 @@ def _require_train(root: Path, categories: Sequence[str]) -> None:
             )
 
 
-def mvtec_download_is_reachable(timeout_s: float = ONLINE_TIMEOUT_S) -> bool:
-    """True when the MVTec AD download host accepts a connection within `timeout_s`."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("ANOMALIB_OFFLINE") == "1":
-        return False
-    host = MVTEC_DOWNLOAD_HOST
-    answered: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout_s).close()
-            answered.append(True)
-        except OSError:
-            answered.append(False)
-
-    # a daemon thread, because the connect timeout does not cover a stuck DNS lookup
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return answered == [True]
+def mvtec_root(data_root: str | Path | None, assets: AssetSettings) -> Path:
+    """Where MVTec AD is read: `data_root`, else `datasets/mvtec_ad` in the asset cache
+    (`assets.dir` or $ANOMALY_BENCHMARK_ASSETS_DIR, else `data/`), absolute."""
+    if data_root is not None:
+        return Path(data_root).expanduser().absolute()
+    return assets.datasets_dir() / MVTEC_FOLDER
 
 
-def _download_mvtec(root: Path) -> None:
-    from anomalib.data.datamodules.image.mvtecad import DOWNLOAD_INFO
-    from anomalib.data.utils import download_and_extract
+def dataset_to_fetch(
+    kind: str | None,
+    data_root: str | Path | None,
+    categories: Sequence[str] | None,
+    assets: AssetSettings,
+) -> ArchiveAsset | None:
+    """The asset to fetch before `kind` can be read: MVTec AD when a wanted category
+    folder is absent (no category named: when none is there), else None. Category folders
+    that are there are never fetched over: the gate checks their layout. Unknown
+    categories are the gate's to refuse, so they give None here too."""
+    if kind != "mvtec":
+        return None
+    wanted = expand_categories(kind, categories)
+    if any(c not in MVTEC_CATEGORIES for c in wanted or ()):
+        return None
+    root = mvtec_root(data_root, assets)
+    present = [c for c in MVTEC_CATEGORIES if (root / c).is_dir()] if root.is_dir() else []
+    absent = [c for c in wanted or MVTEC_CATEGORIES if c not in present]
+    if not absent or not (wanted or not present):
+        return None
+    return mvtec_ad(assets, root, wanted)
 
-    log.info("downloading MVTec AD (about 5 GB) to %s", root)
-    download_and_extract(root, DOWNLOAD_INFO)
 
-
-def _prepare_mvtec(root: Path, categories: Sequence[str] | None) -> DatasetSpec:
+def _prepare_mvtec(
+    root: Path, categories: Sequence[str] | None, assets: AssetSettings
+) -> DatasetSpec:
     wanted = tuple(categories) if categories else None
     unknown = [c for c in wanted or () if c not in MVTEC_CATEGORIES]
     if unknown:
@@ -104,23 +108,13 @@ def _prepare_mvtec(root: Path, categories: Sequence[str] | None) -> DatasetSpec:
             f"category {', '.join(unknown)} is not an MVTec AD category; "
             f"MVTec AD has: {', '.join(MVTEC_CATEGORIES)}"
         )
+    asset = dataset_to_fetch("mvtec", root, wanted, assets)
+    if asset is not None:
+        try:
+            fetch_asset(asset, assets)
+        except AssetUnavailableError as err:
+            raise DatasetError(_mvtec_missing(root, wanted, err, assets)) from None
     present = [c for c in MVTEC_CATEGORIES if (root / c).is_dir()] if root.is_dir() else []
-    missing = [c for c in wanted or MVTEC_CATEGORIES if c not in present]
-    if missing and (wanted or not present):
-        if not mvtec_download_is_reachable():
-            where = (
-                f"dataset path {root} does not exist"
-                if not root.exists()
-                else f"MVTec AD category {', '.join(missing)} not found in {root}"
-            )
-            raise DatasetError(
-                f"{where} and the download host is unreachable (offline). "
-                f"Download MVTec AD from {MVTEC_HOME} and "
-                f"extract it so that {root}/<category>/train/good/ exists, or pass "
-                "data_root pointing at your copy."
-            )
-        _download_mvtec(root)
-        present = [c for c in MVTEC_CATEGORIES if (root / c).is_dir()]
     chosen = wanted or tuple(present)
     _require_categories(root, chosen)
     _require_train(root, chosen)
@@ -132,6 +126,26 @@ def _prepare_mvtec(root: Path, categories: Sequence[str] | None) -> DatasetSpec:
                 "kind 'folder' for data without masks"
             )
     return DatasetSpec(kind="mvtec", root=root, categories=tuple(chosen), masks_expected=True)
+
+
+def _mvtec_missing(
+    root: Path,
+    wanted: Sequence[str] | None,
+    err: AssetUnavailableError,
+    assets: AssetSettings,
+) -> str:
+    """What is missing, why it could not be fetched, and the two ways to get it."""
+    if not root.exists():
+        where = f"dataset path {root} does not exist"
+    else:
+        absent = [c for c in wanted or MVTEC_CATEGORIES if not (root / c).is_dir()]
+        where = f"MVTec AD category {', '.join(absent)} not found in {root}"
+    command = fetch_command(None, [], "mvtec", wanted, assets, data_root=root)
+    return (
+        f"{where}, and it could not be fetched: {err.reason}. Fetch it with:\n  {command}\n"
+        f"or download MVTec AD from {MVTEC_HOME} and extract it so that "
+        f"{root}/<category>/train/good/ exists, or pass data_root pointing at your copy."
+    )
 
 
 def _prepare_folder(root: Path, categories: Sequence[str] | None) -> DatasetSpec:
@@ -169,29 +183,34 @@ def expand_categories(kind: str, categories: Sequence[str] | None) -> list[str] 
 
 
 def prepare_dataset(
-    kind: str, data_root: str | Path | None, categories: Sequence[str] | None
+    kind: str,
+    data_root: str | Path | None,
+    categories: Sequence[str] | None,
+    assets: AssetSettings | None = None,
 ) -> DatasetSpec:
     """Resolve `kind` + `data_root` + `categories` to a `DatasetSpec`, or raise `DatasetError`.
 
     `categories=None` means every category found (demo: all of `DEMO_CATEGORIES`);
-    `["all"]` means every category of the dataset (see `expand_categories`).
+    `["all"]` means every category of the dataset (see `expand_categories`). `assets`
+    (the profile's; default `AssetSettings()`) says whether MVTec AD may be fetched.
     """
+    assets = assets or AssetSettings()
     categories = expand_categories(kind, categories)
     if kind not in ("demo", "mvtec", "folder"):
         raise DatasetError(f"unknown dataset kind {kind!r}: use 'demo', 'mvtec' or 'folder'")
     require_plain_categories(categories)
     if data_root is None and kind == "folder":
         raise DatasetError("dataset kind 'folder' needs data_root: the folder holding categories")
+    if kind == "mvtec":
+        return _prepare_mvtec(mvtec_root(data_root, assets), categories, assets)
     # absolute, so anomalib (which resolves paths against its own root) sees the same folder
-    root = (Path(data_root) if data_root is not None else DEFAULT_ROOTS[kind]).expanduser()
+    root = (Path(data_root) if data_root is not None else DEFAULT_DEMO_ROOT).expanduser()
     root = root.absolute()
     if kind == "demo":
         ensure_demo_dataset(root)
         chosen = tuple(categories) if categories else DEMO_CATEGORIES
         _require_categories(root, chosen)
         return DatasetSpec(kind="demo", root=root, categories=chosen, masks_expected=True)
-    if kind == "mvtec":
-        return _prepare_mvtec(root, categories)
     if not root.exists():
         raise DatasetError(f"dataset path {root} does not exist")
     if not root.is_dir():

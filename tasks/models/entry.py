@@ -17,19 +17,29 @@ from pydantic import ValidationError
 
 from tasks.inference.deployment import AS_TRAINED, Deployment
 from tasks.models.settings import ModelSettings
+from tasks.runtime.asset_settings import AssetSettings
 from tasks.runtime.profiles import Profile, ProfileError, describe_errors, merge_settings
 
 if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
 
+    from tasks.assets import Need
+
+FETCH_COMMAND = "python -m flows.fetch_assets"
+
 
 @dataclass(frozen=True)
 class BuildContext:
-    weights_dir: Path  # the offline weights cache (profile.weights_dir)
+    """What a build is given besides its settings."""
+
+    weights_dir: Path  # what this project makes and caches (profile.weights_dir)
     device: str  # where it trains: "cpu" or "cuda"
+    assets: AssetSettings  # the profile's download policy, cache folder, allow_fallback
+    fetch_command: str = FETCH_COMMAND  # named when an asset is missing and may not be replaced
 
 
 Builder = Callable[[Any, BuildContext], "tuple[AnomalibModule, dict]"]
+AssetNeeds = Callable[[Any, AssetSettings], "list[Need]"]
 
 
 def _no_trainer_args(settings: Any, device: str) -> dict[str, Any]:
@@ -39,6 +49,11 @@ def _no_trainer_args(settings: Any, device: str) -> dict[str, Any]:
 
 def _no_weight_files(settings: Any, weights_dir: Path) -> list[Path]:
     del settings, weights_dir
+    return []
+
+
+def _no_assets(settings: Any, assets: AssetSettings) -> list[Need]:
+    del settings, assets
     return []
 
 
@@ -54,7 +69,16 @@ class ModelEntry:
     - `settings` and `profile_settings`: the settings class and each profile's values;
     - `trainer_args(settings, device)`: Lightning trainer arguments (steps, precision);
     - `weight_files(settings, weights_dir)`: files the build may read besides the
-      weights folder, which the training cache key hashes;
+      weights folder and its assets, which the training cache key hashes;
+    - `assets(settings, asset_settings)`: the external assets its build resolves for these
+      settings (`tasks.assets.Need`: a timm backbone, a teacher, a dataset), each with
+      the substitute the build uses when it is missing and `asset_settings.allow_fallback`
+      allows one, else `fallback=None`. The benchmark resolves them all before
+      validation and training, and `flows.fetch_assets` fetches them ahead; the build
+      then finds them present (`tasks.assets.resolve_asset`, no network);
+    - `prepare(settings, context)`: work done once per run before its cells, on a
+      worker of the run's cluster (e.g. EfficientAD's substitute teacher, distilled on
+      that worker's device into the shared weights folder); None: nothing to prepare;
     - `deployment`: how its exported inference paths differ from its torch ones."""
 
     name: str
@@ -65,6 +89,8 @@ class ModelEntry:
     profile_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     trainer_args: Callable[[Any, str], dict[str, Any]] = _no_trainer_args
     weight_files: Callable[[Any, Path], list[Path]] = _no_weight_files
+    assets: AssetNeeds = _no_assets
+    prepare: Callable[[Any, BuildContext], None] | None = None
     deployment: Deployment = AS_TRAINED
 
     def __post_init__(self) -> None:

@@ -13,20 +13,33 @@ values for that profile (`profile_settings`) and then the user's overrides
     >>> settings_for("efficientad", load_profile("quick", {"efficientad": {"max_steps": 20}}))
     EfficientAdSettings(model_size='small', max_steps=20, ...)
 
+The external assets a run needs (pretrained weights, penalty data, the dataset) are
+each entry's to say (`ModelEntry.assets`); `required_assets` gathers them for the
+benchmark's pre-flight check and for `flows.fetch_assets`:
+
+    >>> plan = required_assets(load_profile("paper"), ["patchcore", "efficientad"])
+    >>> [(n.asset.name, n.fallback) for n in plan.needs]
+    [('wide_resnet50_2', None), ('efficientad-teacher', None), ('imagenette', None)]
+
 To add a model: a folder `tasks/models/<name>/` with its settings class (on
-`ModelSettings`), a builder `build(settings, context) -> (module, provenance)` and its
-`ModelEntry` (`entry.py`), then that entry in `MODELS` below.
+`ModelSettings`), a builder `build(settings, context) -> (module, provenance)`, the
+assets it needs (`assets(settings, asset_settings) -> [Need]`) and its `ModelEntry`
+(`entry.py`), then that entry in `MODELS` below.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from collections.abc import Sequence
+from pathlib import Path
 
+from tasks.assets import AssetPlan, Need, dataset_need, fetch_command, plan_assets
+from tasks.data.datasets import dataset_to_fetch
 from tasks.models.efficientad.entry import EFFICIENTAD
-from tasks.models.entry import ModelEntry
+from tasks.models.entry import BuildContext, ModelEntry
 from tasks.models.patchcore.entry import PATCHCORE
 from tasks.models.settings import ModelSettings
-from tasks.runtime.profiles import Profile, ProfileError
+from tasks.runtime.asset_settings import AssetSettings
+from tasks.runtime.profiles import Profile, ProfileError, training_device, weights_dir
 
 MODELS: dict[str, ModelEntry] = {entry.name: entry for entry in (PATCHCORE, EFFICIENTAD)}
 
@@ -68,11 +81,73 @@ def check_models(models: list[str], profile: Profile) -> None:
         settings_for(name, profile)
 
 
-def settings_view(profile: Profile) -> SimpleNamespace:
-    """The profile with each model's settings as an attribute (`view.patchcore.backbone`),
-    for readers below the model layer, such as `tasks.assets.required_assets`."""
-    return SimpleNamespace(
-        name=profile.name,
-        assets=getattr(profile, "assets", None),
-        **{name: settings_for(name, profile) for name in MODELS},
+def fetch_command_for(profile: Profile, models: Sequence[str]) -> str:
+    """The `python -m flows.fetch_assets ...` line that fetches what `models` need under
+    `profile`, with their settings overrides (a named backbone, a local teacher)."""
+    overrides = {name: profile.models[name] for name in models if profile.models.get(name)}
+    return fetch_command(
+        profile.name,
+        list(models),
+        settings=profile.assets,
+        overrides={"models": overrides} if overrides else None,
     )
+
+
+def build_context(name: str, profile: Profile) -> BuildContext:
+    """What model `name`'s build and preparation are given under `profile`, here."""
+    return BuildContext(
+        weights_dir=weights_dir(profile),
+        device=training_device(profile),
+        assets=profile.assets,
+        fetch_command=fetch_command_for(profile, [get(name).name]),
+    )
+
+
+def required_assets(
+    profile: Profile,
+    models: Sequence[str],
+    dataset: str | None = None,
+    categories: Sequence[str] | None = None,
+    *,
+    data_root: str | Path | None = None,
+    overrides: dict | None = None,
+    settings: AssetSettings | None = None,
+    whole_dataset: bool = False,
+) -> AssetPlan:
+    """Every asset a run of `models` under `profile` needs, as their entries say (each
+    with its substitute, where `assets.allow_fallback` allows one), then the dataset's
+    when the asset layer fetches that kind (MVTec AD), resolved against `settings`
+    (default: `profile.assets`). The dataset counts only when a wanted category folder is
+    absent, unless `whole_dataset` (fetching ahead). `overrides`, the run's, go into the
+    fetch command."""
+    settings = settings or profile.assets
+    names = list(dict.fromkeys(get(name).name for name in models))
+    needs: list[Need] = [
+        need
+        for name in names
+        for need in MODELS[name].assets(settings_for(name, profile), settings)
+    ]
+    if whole_dataset:
+        wanted = dataset_need(dataset, categories, settings, data_root)
+    else:
+        asset = dataset_to_fetch(dataset, data_root, categories, settings)
+        wanted = Need(asset, "dataset") if asset is not None else None
+    if wanted is not None:
+        needs.append(wanted)
+    command = fetch_command(
+        profile.name, names, dataset, categories, settings, overrides, data_root
+    )
+    return plan_assets(needs, settings, command)
+
+
+def preparing(models: Sequence[str]) -> list[str]:
+    """Those of `models` whose entry prepares something once per run."""
+    return [get(name).name for name in models if get(name).prepare is not None]
+
+
+def prepare(name: str, profile: Profile) -> None:
+    """Model `name`'s once-per-run preparation under `profile`, here (see
+    `ModelEntry.prepare`); nothing for a model without one."""
+    entry = get(name)
+    if entry.prepare is not None:
+        entry.prepare(settings_for(name, profile), build_context(name, profile))

@@ -415,8 +415,17 @@ def paper_configuration_text(result: dict, weights: dict) -> str:
     if result["paper_configuration"]:
         return "yes"
     if result["weights_source"] == "fallback":
-        what = weights.get("backbone") or (
-            "distilled teacher" if "teacher" in weights else "another backbone"
+        # each part a model names as `<part>_source: fallback` (EfficientAD: its teacher,
+        # its penalty data) was substituted; else the backbone was
+        parts = [
+            k.removesuffix("_source")
+            for k, v in weights.items()
+            if k.endswith("_source") and v == "fallback"
+        ]
+        what = (
+            ", ".join(f"substitute {part}" for part in parts)
+            or weights.get("backbone")
+            or "another backbone"
         )
         reason = weights.get("reason") or weights.get("fallback_reason")
         label = weights.get("weights")

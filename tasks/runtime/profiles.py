@@ -3,7 +3,8 @@
 Three profiles ship:
 - `quick`: CPU-sized, minutes for the demo and the tests;
 - `cpu`: a real category on 2 CPU cores;
-- `paper`: anomalib's and the papers' settings, meant for a GPU.
+- `paper`: anomalib's and the papers' settings, meant for a GPU; the papers' weights
+  are fetched when missing, and never substituted unless `assets.allow_fallback` says so.
 
 A profile holds the settings every model shares (seeds, attempts, spike watching,
 validation, inference paths). Each model's own settings are its registry entry's
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Literal
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tasks.runtime.asset_settings import AssetSettings
 from tasks.runtime.paths import REPO_ROOT
 
 
@@ -220,7 +222,17 @@ class Profile(Settings):
         2, ge=0, le=100, description="best and worst anomaly-map overlays to save"
     )
     inference: InferenceSettings = InferenceSettings()
+    assets: AssetSettings = Field(
+        AssetSettings(),
+        description="pretrained weights and datasets: download policy, cache folder, and "
+        "whether a named substitute may replace a missing one (tasks.assets)",
+    )
 
+
+# quick and cpu never download: a cached copy of a paper's weights is used when there
+# is one, else the labelled offline substitute (EfficientNet-Lite0, a teacher distilled
+# here, scikit-image photos), on a connected host too
+OFFLINE_SUBSTITUTES = {"download": "never", "allow_fallback": True}
 
 PROFILES: dict[str, dict] = {
     "quick": {
@@ -250,9 +262,16 @@ PROFILES: dict[str, dict] = {
             "calibration_images": 8,
             "calibration_anomalies": 8,
         },
+        "assets": OFFLINE_SUBSTITUTES,
     },
-    "cpu": {"name": "cpu", "latency_iters": 30},
-    "paper": {"name": "paper", "latency_iters": 200},
+    "cpu": {"name": "cpu", "latency_iters": 30, "assets": OFFLINE_SUBSTITUTES},
+    # the papers' weights, fetched where the host is connected; a missing one fails the
+    # run before training unless the user allows a substitute (assets.allow_fallback)
+    "paper": {
+        "name": "paper",
+        "latency_iters": 200,
+        "assets": {"download": "auto", "allow_fallback": False},
+    },
 }
 
 
@@ -360,3 +379,23 @@ def training_device(profile: Profile) -> str:
 def weights_dir(profile: Profile) -> Path:
     """The offline weights cache: the profile's, else <repo>/data/weights."""
     return Path(profile.weights_dir) if profile.weights_dir else REPO_ROOT / "data" / "weights"
+
+
+def profile_overrides(profile: Profile) -> dict[str, Any]:
+    """Each setting where `profile` differs from the stock profile of its name, by dotted
+    path (`{"models.efficientad.max_steps": 24}`): what the run's overrides changed, for
+    the result's notes."""
+    stock = load_profile(profile.name).model_dump(mode="json")
+    return dict(_changed(stock, profile.model_dump(mode="json")))
+
+
+def _changed(stock: Any, actual: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(stock, dict | None) and isinstance(actual, dict | None) and stock != actual:
+        stock, actual = stock or {}, actual or {}
+        keys = list(dict.fromkeys([*stock, *actual]))
+        return [
+            pair
+            for key in keys
+            for pair in _changed(stock.get(key), actual.get(key), f"{path}{key}.")
+        ]
+    return [] if stock == actual else [(path.rstrip("."), actual)]

@@ -31,10 +31,9 @@ from anomalib.engine import Engine
 from lightning.pytorch import Callback, LightningModule, seed_everything
 
 from tasks.models import registry
-from tasks.models.entry import BuildContext
 from tasks.models.settings import ModelSettings
 from tasks.results.types import TrainingAttempt
-from tasks.runtime.profiles import Profile, training_device, weights_dir
+from tasks.runtime.profiles import Profile
 from tasks.training.callbacks import ProgressCallback
 from tasks.training.evaluation import (
     PredictionCollector,
@@ -98,8 +97,9 @@ def fit_attempt(
     `trainer_args` default to the model's own (its registry entry's, e.g. its steps)."""
     seed_everything(seed, workers=True, verbose=False)
     entry = registry.get(model_name)
-    device = training_device(profile)
-    model, weights = entry.build(settings, BuildContext(weights_dir(profile), device))
+    context = registry.build_context(entry.name, profile)
+    device = context.device
+    model, weights = entry.build(settings, context)
     model.evaluator = None  # metrics come from raw scores (tasks.training.evaluation)
     model.post_processor = raw_score_post_processor()
     model.visualizer = None  # overlays: tasks.training.evaluation writes a few

@@ -4,10 +4,11 @@ The key covers everything that shapes a result: the dataset's hash, the profile'
 settings, the source of every module in the project's packages (`tasks`, `checks`,
 `flows`: the whole package, not a hand-picked list), the versions of the libraries
 that train and score (anomalib, torch, torchvision, lightning, timm, scikit-learn),
-and the sha256 of every weights file the model may load (the offline weights cache, and
-the files its registry entry names: e.g. a configured teacher, the EfficientNet-Lite0
-package file, cached hub weights of the paper's backbone). Change one byte of any of
-them and the cell trains again.
+the sha256 of every weights file the model may load (the weights folder, and the files
+its registry entry names: e.g. a configured teacher, the EfficientNet-Lite0 package
+file), and each asset its entry declares as found on this host (its verified sha256, or
+missing: a substitute then stands in). Change one byte of any of them, or fetch an asset
+that was missing, and the cell trains again.
 
 A result served from the cache belongs to the run that trained it; `mark_cached` makes
 the copy say so, so its timings are never shown as fresh measurements.
@@ -75,19 +76,45 @@ def file_sha256(path: Path) -> str:
     return _sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def _entries(model_name: str | None) -> list:
+    return [registry.get(model_name)] if model_name else list(registry.MODELS.values())
+
+
 def weights_files(profile: Profile, model_name: str | None = None) -> list[Path]:
     """Every weights file the model (None: any registered model) of this profile may
-    load, as found on disk now: the weights folder, and what its registry entry names."""
+    load, as found on disk now: the weights folder (its hidden lock and temporary files
+    aside), and what its registry entry names."""
     folder = weights_dir(profile)
-    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
-    entries = [registry.get(model_name)] if model_name else list(registry.MODELS.values())
-    for entry in entries:
+    files = [
+        p
+        for p in (folder.rglob("*") if folder.is_dir() else [])
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    for entry in _entries(model_name):
         files += entry.weight_files(entry.settings_for(profile), folder)
     return sorted({p.resolve() for p in files if p.is_file()})
 
 
 def weights_fingerprint(profile: Profile, model_name: str | None = None) -> dict[str, str]:
     return {str(p): file_sha256(p) for p in weights_files(profile, model_name)}
+
+
+def assets_fingerprint(profile: Profile, model_name: str | None = None) -> dict[str, str]:
+    """Each asset the model's entry declares, as it is on this host now: the sha256 its
+    copy was verified against (a hub file's own hash when not recorded), 'present' for a
+    folder copied without one, or 'missing' (its substitute then stands in)."""
+    found = {}
+    for entry in _entries(model_name):
+        for need in entry.assets(entry.settings_for(profile), profile.assets):
+            asset = need.asset
+            path = asset.local_path()
+            if path is None:
+                found[asset.name] = "missing"
+            else:
+                found[asset.name] = asset.local_sha256() or (
+                    file_sha256(path) if path.is_file() else "present"
+                )
+    return found
 
 
 def cache_key(model_name: str, category: str, dataset_hash: str, profile: Profile) -> str:
@@ -100,6 +127,7 @@ def cache_key(model_name: str, category: str, dataset_hash: str, profile: Profil
         "code": code_fingerprint(),
         "libraries": library_versions(),
         "weights": weights_fingerprint(profile, model_name),
+        "assets": assets_fingerprint(profile, model_name),
     }
     return "train-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

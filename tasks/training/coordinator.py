@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -32,7 +33,7 @@ from tasks.data.datamodule import validation_anomalies
 from tasks.inference.measure import measure_inference_paths
 from tasks.models import registry
 from tasks.results.types import DatasetSpec, LatencyResult, ModelResult, StageOutcome
-from tasks.runtime.profiles import Profile, training_device
+from tasks.runtime.profiles import Profile, profile_overrides, training_device
 from tasks.runtime.quiet import quiet_training
 from tasks.runtime.writes import as_write_failure
 from tasks.training.attempts import TrainedAttempt, fit_with_recovery, inference_layout, select
@@ -152,9 +153,26 @@ def _settings_record(prep: Prepared, chosen: TrainedAttempt) -> dict[str, Any]:
         "spike": profile.spike.model_dump(mode="json"),
         "validation": profile.validation.model_dump(mode="json"),
         "eval_batch_size": profile.eval_batch_size,
+        "assets": profile.assets.model_dump(mode="json"),
         "test_images": prep.n_test,
         "masks": prep.has_masks,
     }
+
+
+def provenance_notes(profile: Profile, weights: dict[str, Any]) -> list[str]:
+    """What the result's reader must know of how it was obtained: the settings this run
+    overrode in its profile, and substitutes used (allowed by `assets.allow_fallback`)."""
+    notes = []
+    overridden = profile_overrides(profile)
+    if overridden:
+        shown = ", ".join(f"{path}={json.dumps(value)}" for path, value in overridden.items())
+        notes.append(f"settings overridden in profile {profile.name}: {shown}")
+    if weights.get("source") == "fallback":
+        notes.append(
+            "weights are a fallback, not the paper's pretrained ones (a substitute allowed "
+            f"by assets.allow_fallback in profile {profile.name}): {weights}"
+        )
+    return notes
 
 
 def train_and_evaluate(
@@ -181,8 +199,7 @@ def train_and_evaluate(
         artifacts, exported = export(prep, chosen)
         latency, path_artifacts, timed = time_inference(prep, chosen, evaluation.images, artifacts)
         artifacts.update(path_artifacts)
-    if chosen.weights.get("source") == "fallback":
-        notes.append(f"weights are a fallback, not the paper's pretrained ones: {chosen.weights}")
+    notes += provenance_notes(profile, chosen.weights)
     prep.report(1.0, f"{prep.label}: done, image AUROC {evaluation.metrics['image_auroc']:.3f}")
     return ModelResult(
         model=prep.model_name,

@@ -21,6 +21,7 @@ from checks.rule_result import RuleResult
 from tasks.data.datasets import prepare_dataset
 from tasks.results.store.result_store import ResultStore
 from tasks.results.types import DatasetError, DatasetSpec, ValidationReport, printable
+from tasks.runtime.asset_settings import AssetSettings
 from tasks.validation.rules import validate_dataset
 
 
@@ -30,9 +31,12 @@ class DatasetValidationFailed(RuntimeError):
 
 @task(name="prepare-dataset", retries=0)
 def prepare_dataset_task(
-    dataset: str, data_root: str | None, categories: list[str] | None
+    dataset: str,
+    data_root: str | None,
+    categories: list[str] | None,
+    assets: AssetSettings | None = None,
 ) -> DatasetSpec:
-    return prepare_dataset(dataset, data_root, categories)
+    return prepare_dataset(dataset, data_root, categories, assets)
 
 
 @task(name="validate-manifest", retries=0)
@@ -111,13 +115,15 @@ def check_dataset(
     store: ResultStore,
     run_id: str,
     validation_dir: str | None = None,
+    assets: AssetSettings | None = None,
 ) -> tuple[DatasetSpec | None, ValidationReport]:
-    """Prepare + validate (with the profile's `validation.directory`, if any), store and
-    publish the result; never raises on bad data."""
+    """Prepare (fetching MVTec AD where `assets`, the profile's, allow) + validate (with
+    the profile's `validation.directory`, if any), store and publish the result; never
+    raises on bad data."""
     logger = get_run_logger()
     cache_path = Path(store.db_path).parent / "manifest-cache"
     try:
-        spec = prepare_dataset_task(dataset, data_root, categories)
+        spec = prepare_dataset_task(dataset, data_root, categories, assets)
         report = validate_task(spec, cache_path, validation_dir)
     except DatasetError as err:
         spec, report = None, layout_failure(dataset, categories, err)

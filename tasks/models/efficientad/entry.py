@@ -1,4 +1,6 @@
-"""EfficientAD's registry entry: gradient training, and a cheaper exported graph."""
+"""EfficientAD's registry entry: gradient training, anomalib's teacher and imagenette as
+its assets (a distilled teacher and photos their substitutes, where allowed, the teacher
+prepared once per run), and a cheaper exported graph."""
 
 from __future__ import annotations
 
@@ -25,6 +27,18 @@ def _weight_files(settings, weights_dir):
     return weight_files(settings, weights_dir)
 
 
+def _assets(settings, assets):
+    from tasks.models.efficientad.model import needs
+
+    return needs(settings, assets)
+
+
+def _prepare(settings, context):
+    from tasks.models.efficientad.model import prepare
+
+    prepare(settings, context)
+
+
 def _deployed_graph(model):
     from tasks.models.efficientad.deploy import deployed_graph
 
@@ -40,6 +54,8 @@ EFFICIENTAD = ModelEntry(
     profile_settings=PROFILE_SETTINGS,
     trainer_args=_trainer_args,
     weight_files=_weight_files,
+    assets=_assets,
+    prepare=_prepare,
     # its exported graph is `DeployedEfficientAd`; int8 keeps the arithmetic between its
     # networks in fp32 (tasks.models.efficientad.deploy says why)
     deployment=Deployment(export_graph=_deployed_graph, int8_fp32_top_level=True),

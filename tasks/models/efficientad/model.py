@@ -1,20 +1,24 @@
-"""EfficientAD that never touches the network: anomalib's module with local assets.
+"""EfficientAD with anomalib's pretrained teacher and imagenette from the asset layer.
 
 EfficientAD (Batzner et al., "EfficientAD: Accurate Visual Anomaly Detection at
 Millisecond-Level Latencies", WACV 2024, https://arxiv.org/abs/2303.14535) trains a
 student and an autoencoder against a frozen teacher and penalises the student on
 ImageNet images. anomalib downloads both (the teacher weights and imagenette) when
-training starts. `OfflineEfficientAd` reads them from local paths only: the teacher
-from `tasks.models.efficientad.teacher` (anomalib's, or the documented offline
-fallback), the penalty images from a local imagenette copy or the bundled photos. The
-provenance dict says which one was used, plainly. Its training step computes anomalib's
-losses with less work (`tasks.models.efficientad.training`); inference is anomalib's.
+training starts. Here the asset layer fetches them once, with anomalib's own URLs and
+hashes, where the profile's `assets.download` allows it (`flows.fetch_assets` fetches
+ahead), and `OfflineEfficientAd` reads them from their local paths only. Where one
+cannot be had, its labelled substitute stands in only when `assets.allow_fallback` says
+so (`tasks.models.efficientad.teacher`); otherwise the build fails naming the asset. The
+provenance dict says which teacher and which penalty images were used, plainly. Its
+training step computes anomalib's losses with less work
+(`tasks.models.efficientad.training`); inference is anomalib's.
 
 Example:
-    >>> settings = settings_for("efficientad", load_profile("quick"))
-    >>> model, provenance = build_efficientad(settings, Path("cache"))
-    >>> provenance["source"]
-    'fallback'
+    >>> profile = load_profile("quick")
+    >>> settings = settings_for("efficientad", profile)
+    >>> model, provenance = build_efficientad(settings, Path("cache"), profile.assets)
+    >>> provenance["source"], provenance["teacher_source"]  # nothing cached here
+    ('fallback', 'fallback')
     >>> Engine(max_steps=settings.max_steps).fit(model, datamodule=datamodule)  # doctest: +SKIP
 """
 
@@ -32,17 +36,19 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
+from tasks.assets import MissingAssetsError, Need, efficientad_teachers, imagenette, resolve_asset
 from tasks.data.resize import model_resize
 from tasks.models.backbones import lite0_weight_files
 from tasks.models.efficientad.settings import EfficientAdSettings
 from tasks.models.efficientad.teacher import (
-    NATURAL_PHOTOS,
+    PENALTY_FALLBACK,
+    TEACHER_FALLBACK,
     OfflineAssetError,
     distilled_teacher,
-    find_teacher,
+    imagenette_penalty,
     load_teacher_state,
-    natural_photo_folder,
-    teacher_search_paths,
+    penalty_photos,
+    pretrained_teacher,
 )
 from tasks.models.efficientad.training import (
     TeacherCache,
@@ -50,7 +56,8 @@ from tasks.models.efficientad.training import (
     efficientad_losses,
     resolve_training_precision,
 )
-from tasks.models.entry import BuildContext
+from tasks.models.entry import FETCH_COMMAND, BuildContext
+from tasks.runtime.asset_settings import AssetSettings
 from tasks.runtime.quiet import silent_tqdm
 
 logger = logging.getLogger(__name__)
@@ -178,21 +185,32 @@ class OfflineEfficientAd(EfficientAd):
             return {name: value.clone() for name, value in quantiles.items()}
 
 
+TEACHER_SEED = 0  # keys the substitute teacher's cache: one teacher for every attempt
+PAPER_PRECISION = "32-true"  # the paper trains in fp32
+
+
 def build_efficientad(
     settings: EfficientAdSettings,
     cache_dir: Path,
+    assets: AssetSettings,
     *,
-    allow_fallback: bool = True,
-    teacher_seed: int = 0,
+    device: str = "cpu",
+    fetch_command: str = FETCH_COMMAND,
     **module_kwargs,
 ) -> tuple[OfflineEfficientAd, dict]:
-    """An untrained EfficientAd whose teacher and penalty images need no network.
+    """An untrained EfficientAd with anomalib's pretrained teacher and imagenette from the
+    asset layer (`tasks.models.efficientad.teacher`), and its provenance.
 
-    Teacher, first found: `settings.teacher_weights` (must exist), a
-    `pretrained_teacher_<size>.pth` in `cache_dir` or anomalib's weights folder, else (when
-    `allow_fallback`) a PDN distilled from EfficientNet-Lite0, cached in `cache_dir`.
-    `teacher_seed` keys that cache: keep it fixed across training attempts so the teacher
-    is made once. `module_kwargs` go to anomalib's EfficientAd (e.g. `visualizer=False`).
+    Where either cannot be had: its labelled substitute when `assets` allows one (a
+    teacher distilled from EfficientNet-Lite0 on `device`, cached in `cache_dir`; the
+    scikit-image photos), else `MissingAssetsError` naming each missing asset and
+    `fetch_command`. `module_kwargs` go to anomalib's EfficientAd (e.g. `visualizer=False`).
+
+    Provenance names the teacher and the penalty data separately, each with its source
+    (`teacher_source`: anomalib | local | fallback; `penalty_data_source`: imagenette |
+    local | fallback) and, from the asset layer, its URL and sha256. `source` is
+    'pretrained' only when neither is a substitute; `paper_configuration` also needs the
+    paper's steps, batch size, image size and fp32 training.
     """
     cache_dir = Path(cache_dir)
     size = settings.model_size
@@ -202,58 +220,48 @@ def build_efficientad(
             f"autoencoder needs at least {MIN_IMAGE_SIZE} px"
         )
         raise ValueError(msg)
-    if settings.imagenet_dir is not None:
-        penalty_dir = Path(settings.imagenet_dir)
-        if not penalty_dir.is_dir():
-            msg = f"efficientad.imagenet_dir {penalty_dir} is not a folder; nothing is downloaded"
-            raise OfflineAssetError(msg)
-        penalty_label = f"imagenette at {penalty_dir}"
-    else:
-        penalty_dir = natural_photo_folder(cache_dir)
-        penalty_label = (
-            f"fallback: scikit-image natural photos ({len(NATURAL_PHOTOS)} bundled photos, "
-            f"random crops) at {penalty_dir}"
+    teacher_path, teacher, teacher_missing = pretrained_teacher(settings, assets)
+    penalty_dir, penalty, penalty_missing = imagenette_penalty(settings, assets)
+    missing = [status for status in (teacher_missing, penalty_missing) if status is not None]
+    if missing and not assets.fallback_allowed:
+        raise MissingAssetsError(missing, fetch_command, assets.download)
+    if teacher_missing is not None:
+        logger.warning(
+            "EfficientAD teacher: %s; using %s", teacher_missing.problem, TEACHER_FALLBACK
         )
-
-    teacher_path, teacher_label, teacher_source = find_teacher(settings, cache_dir)
-    if teacher_path is None:
-        if not allow_fallback:
-            looked = ", ".join(str(p) for p in teacher_search_paths(size, cache_dir))
-            msg = (
-                f"no pretrained EfficientAD-{size} teacher on this host (looked at {looked}) "
-                "and the offline fallback is not allowed: copy anomalib's "
-                f"pretrained_teacher_{size}.pth there or set efficientad.teacher_weights"
-            )
-            raise OfflineAssetError(msg)
-        teacher_path, teacher_label = distilled_teacher(
-            size, settings.teacher_distill_steps, teacher_seed, cache_dir
+        teacher_path, label = distilled_teacher(
+            size, settings.teacher_distill_steps, TEACHER_SEED, cache_dir, device
         )
-        teacher_source = "fallback"
+        teacher = {"teacher": label, "teacher_source": "fallback"}
+    if penalty_missing is not None:
+        logger.warning(
+            "EfficientAD penalty images: %s; using %s", penalty_missing.problem, PENALTY_FALLBACK
+        )
+        penalty_dir, penalty = penalty_photos(cache_dir)
 
     pre_processor = PreProcessor(transform=model_resize(settings.image_size))
     module_kwargs.setdefault("pre_processor", pre_processor)
     model = OfflineEfficientAd(
         teacher_path=str(teacher_path),
         imagenet_dir=str(penalty_dir),
-        penalty_random_crops=settings.imagenet_dir is None,
+        penalty_random_crops=penalty_missing is not None,  # a few photos: vary the crops
         model_size=size,
         lr=settings.lr,
         weight_decay=settings.weight_decay,
         **module_kwargs,
     )
     model.prepare_pretrained_model()
+    precision = resolve_training_precision(settings.training_precision, device)
     provenance = {
-        "teacher": teacher_label,
-        "penalty_data": penalty_label,
-        "source": teacher_source,
-        "training_precision": resolve_training_precision(
-            settings.training_precision, "cuda" if torch.cuda.is_available() else "cpu"
-        ),
-        "paper_configuration": teacher_source == "pretrained"
-        and settings.imagenet_dir is not None
+        **teacher,
+        **penalty,
+        "source": "fallback" if missing else "pretrained",
+        "training_precision": precision,
+        "paper_configuration": not missing
         and settings.max_steps >= 70_000
         and settings.train_batch_size == 1
-        and settings.image_size == 256,
+        and settings.image_size == 256
+        and precision == PAPER_PRECISION,
     }
     return model, provenance
 
@@ -263,10 +271,49 @@ def build(settings: EfficientAdSettings, context: BuildContext) -> tuple[Offline
     for the device it trains on, in the layout its training is fastest in on a CPU."""
     resolved = resolve_training_precision(settings.training_precision, context.device)
     settings = settings.model_copy(update={"training_precision": resolved})
-    model, provenance = build_efficientad(settings, cache_dir=context.weights_dir)
+    model, provenance = build_efficientad(
+        settings,
+        context.weights_dir,
+        context.assets,
+        device=context.device,
+        fetch_command=context.fetch_command,
+    )
     if context.device == "cpu":
         model.model.to(memory_format=cpu_training_layout())
     return model, provenance
+
+
+def needs(settings: EfficientAdSettings, assets: AssetSettings) -> list[Need]:
+    """The registry entry's assets: anomalib's teacher unless `teacher_weights` names a
+    file, imagenette unless `imagenet_dir` names a folder; each with its substitute where
+    `assets.allow_fallback` allows one."""
+    allowed = assets.allow_fallback
+    found = []
+    if settings.teacher_weights is None:
+        teacher_fallback = TEACHER_FALLBACK if allowed else None
+        found.append(Need(efficientad_teachers(assets), "efficientad", teacher_fallback))
+    if settings.imagenet_dir is None:
+        penalty_fallback = PENALTY_FALLBACK if allowed else None
+        found.append(Need(imagenette(assets), "efficientad", penalty_fallback))
+    return found
+
+
+def prepare(settings: EfficientAdSettings, context: BuildContext) -> None:
+    """Once per run, before its cells, on a worker of the run's cluster: when anomalib's
+    teacher cannot be had and a substitute is allowed, distil it now, on this worker's
+    device, into the weights folder the cells load it from (`distilled_teacher` locks
+    and writes atomically, so a cell that starts meanwhile waits for it)."""
+    if settings.teacher_weights is not None or not context.assets.fallback_allowed:
+        return
+    if resolve_asset(efficientad_teachers(context.assets), context.assets).present:
+        return
+    distilled_teacher(
+        settings.model_size,
+        settings.teacher_distill_steps,
+        TEACHER_SEED,
+        context.weights_dir,
+        context.device,
+    )
 
 
 def trainer_args(settings: EfficientAdSettings, device: str) -> dict:
@@ -276,7 +323,7 @@ def trainer_args(settings: EfficientAdSettings, device: str) -> dict:
 
 
 def weight_files(settings: EfficientAdSettings, weights_dir: Path) -> list[Path]:
-    """Files a build may load besides the weights folder: a configured teacher, and
-    the EfficientNet-Lite0 weights the fallback teacher is distilled from."""
+    """Files a build may load besides the weights folder and its assets: a configured
+    teacher, and the EfficientNet-Lite0 weights the substitute teacher is distilled from."""
     files = [Path(settings.teacher_weights)] if settings.teacher_weights else []
     return [*files, *lite0_weight_files()]

